@@ -1,0 +1,11 @@
+//! Generic timely/differential operators used by Clickflow's dataflows.
+//!
+//! - [`source::log_source`]: reads a partitioned log into a collection at ingest time.
+//! - [`time::bucket_of`]: event-time buckets (minute, hour, day in a time zone).
+//! - [`expiry::Expire`]: retracts records when their window seals, bounding state.
+//! - [`sink::transactional_sink`]: absolute-value upserts plus offsets in one transaction.
+
+pub mod expiry;
+pub mod sink;
+pub mod source;
+pub mod time;

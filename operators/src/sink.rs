@@ -1,0 +1,250 @@
+//! The transactional sink: turns a collection of `(key, value)` aggregates into absolute-value
+//! upserts and deletes, committed together with the log offsets they reflect.
+//!
+//! Writing absolute values makes a commit idempotent, so a restart that re-emits state is
+//! harmless; storing offsets in the same transaction makes the committed state and the
+//! committed progress agree. All updates are routed to worker 0, the single writer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use differential_dataflow::VecCollection;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::Stream;
+
+use crate::source::PartitionProgress;
+use crate::time::Millis;
+
+/// One atomic write: everything that changed among unsealed keys since the last commit, and
+/// the offsets of every partition those changes reflect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommitBatch<K, V> {
+    pub upserts: Vec<(K, V)>,
+    pub deletes: Vec<K>,
+    /// The next offset per partition, as of `frontier`.
+    pub progress: Vec<PartitionProgress>,
+    /// Every ingest time before this one is reflected in the batch.
+    pub frontier: u64,
+    /// Set on the first commit after a restart: rows of buckets starting at or after this
+    /// instant that are still open at `frontier` are replaced by `upserts` wholesale, which
+    /// removes rows whose value vanished while the engine was down.
+    pub replace_from: Option<Millis>,
+}
+
+/// Where committed batches go (Postgres in production, a vector in tests).
+pub trait Transaction<K, V> {
+    /// Writes the batch atomically; on error nothing may have been written.
+    fn commit(&mut self, batch: &CommitBatch<K, V>) -> Result<(), String>;
+}
+
+/// Settings of [`transactional_sink`].
+#[derive(Clone, Debug, Default)]
+pub struct SinkConfig {
+    /// Offsets committed before a restart: output is held until the input has passed them,
+    /// so the first write after a restart is the complete, rebuilt state.
+    pub hold_until: BTreeMap<u32, u64>,
+    /// Keys of buckets starting before this are never written: their data was not fully
+    /// re-read (restart or replay) and the stored rows are final.
+    pub write_from: Millis,
+    /// Lower bound between two commits, so a burst of small epochs shares one transaction.
+    pub min_commit_interval: Duration,
+}
+
+/// Counters a supervisor can read while the sink runs (progress bars, `/metrics`).
+#[derive(Debug, Default)]
+pub struct SinkStatus {
+    /// The frontier of the last commit (0 before the first).
+    pub committed_frontier: AtomicU64,
+    pub commits: AtomicU64,
+    pub rows_written: AtomicU64,
+    pub holding: AtomicU64,
+}
+
+/// Sinks `updates` through `target` on worker 0. `bounds(key)` gives the key's bucket start
+/// and its seal time: changes at or after the seal time are expiry retractions and are not
+/// written, so sealed rows stay as they are.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use clickflow_operators::sink::{transactional_sink, CommitBatch, SinkConfig, SinkStatus, Transaction};
+/// use differential_dataflow::input::Input;
+/// use timely::dataflow::operators::ToStream;
+///
+/// struct Memory(Arc<Mutex<Vec<CommitBatch<String, i64>>>>);
+/// impl Transaction<String, i64> for Memory {
+///     fn commit(&mut self, b: &CommitBatch<String, i64>) -> Result<(), String> {
+///         self.0.lock().unwrap().push(b.clone());
+///         Ok(())
+///     }
+/// }
+/// let written = Arc::new(Mutex::new(Vec::new()));
+/// let target = Memory(written.clone());
+/// timely::example(move |scope| {
+///     let counts = scope.new_collection_from(vec![("a".to_string(), 3i64)]).1;
+///     let progress = vec![(0u32, 1u64)].to_stream(scope).container::<Vec<_>>();
+///     transactional_sink(counts, progress, SinkConfig::default(), |_k| (0, u64::MAX),
+///         target, Arc::new(SinkStatus::default()));
+/// });
+/// let batches = written.lock().unwrap();
+/// assert_eq!(batches.last().unwrap().upserts, vec![("a".to_string(), 3)]);
+/// assert_eq!(batches.last().unwrap().progress, vec![(0, 1)]);
+/// ```
+pub fn transactional_sink<'scope, K, V, B, S>(
+    updates: VecCollection<'scope, u64, (K, V), isize>,
+    progress: Stream<'scope, u64, Vec<PartitionProgress>>,
+    config: SinkConfig,
+    bounds: B,
+    mut target: S,
+    status: Arc<SinkStatus>,
+) where
+    K: timely::ExchangeData + Ord + Hash + Clone,
+    V: timely::ExchangeData + Ord + Clone,
+    B: Fn(&K) -> (Millis, u64) + 'static,
+    S: Transaction<K, V> + 'static,
+{
+    let scope = updates.scope();
+    let mut builder = OperatorBuilder::new("TransactionalSink".to_owned(), scope);
+    let info = builder.operator_info();
+    let activator = scope.activator_for(info.address);
+    let mut data_in = builder.new_input(updates.inner, Exchange::new(|_: &((K, V), u64, isize)| 0));
+    let mut progress_in = builder.new_input(progress, Exchange::new(|_: &PartitionProgress| 0));
+
+    let mut pending: Vec<((K, V), u64, isize)> = Vec::new();
+    let mut pending_progress: Vec<(u64, PartitionProgress)> = Vec::new();
+    // Accumulated value multiplicities of every live key; one value with +1 when consistent.
+    let mut live: HashMap<K, Vec<(V, isize)>> = HashMap::new();
+    // Keys to write with the value they had at their last change before sealing.
+    let mut dirty: BTreeMap<K, Option<V>> = BTreeMap::new();
+    let mut offsets: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut offsets_dirty = false;
+    let mut holding = !config.hold_until.is_empty();
+    let mut replace_next = holding;
+    let mut last_commit: Option<Instant> = None;
+    let mut done = false;
+    status.holding.store(holding as u64, Ordering::Relaxed);
+
+    builder.build(move |_caps| {
+        move |frontiers| {
+            data_in.for_each(|_cap, data| pending.append(data));
+            progress_in.for_each(|cap, data| {
+                if let Some(time) = cap.least().copied() {
+                    pending_progress.extend(data.drain(..).map(|p| (time, p)));
+                }
+            });
+            if done {
+                return;
+            }
+            let frontier_of = |i: usize| frontiers[i].frontier().iter().min().copied();
+            let frontier = match (frontier_of(0), frontier_of(1)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let complete = |t: u64| frontier.is_none_or(|f| t < f);
+
+            // Apply completed updates in time order so an expiry is recognised by its time.
+            let (mut ready, rest): (Vec<_>, Vec<_>) =
+                pending.drain(..).partition(|u| complete(u.1));
+            pending = rest;
+            ready.sort_by_key(|u| u.1);
+            for ((key, value), time, diff) in ready {
+                let (bucket_start, seal) = bounds(&key);
+                if bucket_start < config.write_from {
+                    continue;
+                }
+                let values = live.entry(key.clone()).or_default();
+                match values.iter_mut().find(|(v, _)| *v == value) {
+                    Some(entry) => entry.1 += diff,
+                    None => values.push((value, diff)),
+                }
+                values.retain(|(_, d)| *d != 0);
+                let now = current_value(values).cloned();
+                if values.is_empty() {
+                    live.remove(&key);
+                }
+                // At or after the seal time only expiry retractions arrive: the row as last
+                // written (or about to be) is final.
+                if time < seal {
+                    dirty.insert(key, now);
+                }
+            }
+            let (ready, rest): (Vec<_>, Vec<_>) =
+                pending_progress.drain(..).partition(|(t, _)| complete(*t));
+            pending_progress = rest;
+            for (_, (partition, next)) in ready {
+                let entry = offsets.entry(partition).or_insert(0);
+                if next > *entry || !offsets_dirty {
+                    *entry = next;
+                    offsets_dirty = true;
+                }
+            }
+
+            if holding {
+                let passed = config
+                    .hold_until
+                    .iter()
+                    .all(|(p, committed)| offsets.get(p).is_some_and(|o| o >= committed));
+                if !passed {
+                    return;
+                }
+                holding = false;
+                status.holding.store(0, Ordering::Relaxed);
+            }
+
+            let finished = frontier.is_none();
+            if dirty.is_empty() && !offsets_dirty && !replace_next {
+                done = finished;
+                return;
+            }
+            if let (Some(last), false) = (last_commit, finished) {
+                let elapsed = last.elapsed();
+                if elapsed < config.min_commit_interval {
+                    activator.activate_after(config.min_commit_interval - elapsed);
+                    return;
+                }
+            }
+            let mut batch = CommitBatch {
+                upserts: Vec::new(),
+                deletes: Vec::new(),
+                progress: offsets.iter().map(|(p, o)| (*p, *o)).collect(),
+                frontier: frontier.unwrap_or(u64::MAX),
+                replace_from: replace_next.then_some(config.write_from),
+            };
+            for (key, value) in &dirty {
+                match value {
+                    Some(v) => batch.upserts.push((key.clone(), v.clone())),
+                    None => batch.deletes.push(key.clone()),
+                }
+            }
+            match target.commit(&batch) {
+                Ok(()) => {
+                    dirty.clear();
+                    offsets_dirty = false;
+                    replace_next = false;
+                    last_commit = Some(Instant::now());
+                    status.commits.fetch_add(1, Ordering::Relaxed);
+                    status.rows_written.fetch_add(
+                        (batch.upserts.len() + batch.deletes.len()) as u64,
+                        Ordering::Relaxed,
+                    );
+                    status
+                        .committed_frontier
+                        .store(batch.frontier, Ordering::Relaxed);
+                    done = finished;
+                }
+                Err(e) => {
+                    // Nothing was written; everything stays dirty and is retried.
+                    tracing::warn!(error = %e, "sink commit failed; retrying");
+                    activator.activate_after(Duration::from_millis(500));
+                }
+            }
+        }
+    });
+}
+
+fn current_value<V>(values: &[(V, isize)]) -> Option<&V> {
+    values.iter().find(|(_, d)| *d > 0).map(|(v, _)| v)
+}
