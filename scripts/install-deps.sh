@@ -10,7 +10,7 @@ command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
-if [ "${CLICKFLOW_BROWSER_TESTS:-1}" = 1 ]; then
+if [ "${CLICKFLOW_BROWSER_TESTS:-0}" = 1 ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 fi
 

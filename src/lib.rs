@@ -1,1 +1,15 @@
+//! Clickflow: exact, self-correcting web analytics on Timely/Differential Dataflow.
+//!
+//! Data path: [`collector`] (HTTP ingest) → [`log`] (Kafka or embedded) → [`engine`]
+//! (timely job running `clickflow_dataflows`) → [`sink`] (Postgres, with offsets in the same
+//! transaction) → [`api`] (merchant queries).
 
+pub mod api;
+pub mod collector;
+pub mod config;
+pub mod engine;
+pub mod local;
+pub mod log;
+pub mod metrics;
+pub mod sink;
+pub mod store;

@@ -1,1 +1,367 @@
-fn main() {}
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use clickflow::api::{self, Api};
+use clickflow::collector::{self, Collector};
+use clickflow::config::Config;
+use clickflow::engine::{self, Outcome};
+use clickflow::{local, log, store};
+use clickflow_operators::sink::SinkStatus;
+use warp::Filter;
+
+#[derive(Parser)]
+#[command(
+    name = "clickflow",
+    version,
+    about = "Exact, self-correcting web analytics"
+)]
+struct Cli {
+    /// TOML configuration file (default: config/clickflow.toml when present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Override a configuration key, e.g. --set engine.epoch_ms=500 (repeatable).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or update the Postgres schema.
+    Migrate,
+    /// Manage sites.
+    Site {
+        #[command(subcommand)]
+        action: SiteAction,
+    },
+    /// Run the collector and the query API.
+    Serve,
+    /// Run the dataflow job (timely flags: -w threads, -n processes, -p index, -h hostfile).
+    #[command(disable_help_flag = true)]
+    Engine {
+        #[arg(short = 'w', long = "workers", default_value_t = 1)]
+        workers: usize,
+        #[arg(short = 'n', long = "processes", default_value_t = 1)]
+        processes: usize,
+        #[arg(short = 'p', long = "process", default_value_t = 0)]
+        process: usize,
+        #[arg(short = 'h', long = "hostfile")]
+        hostfile: Option<String>,
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+    },
+    /// Recompute every bucket from a timestamp into a new generation, then switch readers.
+    Replay {
+        /// RFC 3339 timestamp or Unix milliseconds.
+        #[arg(long)]
+        from: String,
+        #[arg(short = 'w', long = "workers", default_value_t = 1)]
+        workers: usize,
+    },
+    /// Run collector, engine and API together with the embedded log (and a local Postgres
+    /// when no database URL is configured).
+    Up {
+        /// Generate realistic demo traffic.
+        #[arg(long)]
+        demo: bool,
+        #[arg(short = 'w', long = "workers", default_value_t = 2)]
+        workers: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum SiteAction {
+    /// Create a site; prints its tracking id and API key.
+    Add {
+        #[arg(long)]
+        domain: String,
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn database_url(config: &Config) -> anyhow::Result<String> {
+    if config.database.url.is_empty() {
+        anyhow::bail!(
+            "no database configured: set DATABASE_URL or database.url (or use `clickflow up`)"
+        );
+    }
+    Ok(config.database.url.clone())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.config.as_deref(), &cli.set)?;
+    match cli.command {
+        Command::Migrate => {
+            let layout = store::migrate(&mut store::connect(&database_url(&config)?)?)?;
+            println!("schema ready (rollups: {layout:?})");
+        }
+        Command::Site {
+            action: SiteAction::Add { domain, time_zone },
+        } => {
+            let mut client = store::connect(&database_url(&config)?)?;
+            store::migrate(&mut client)?;
+            let site = store::add_site(&mut client, &domain, &time_zone)?;
+            println!("site added\n  domain:      {}\n  time zone:   {}\n  tracking id: {}\n  api key:     {}", site.domain, site.time_zone, site.id, site.api_key);
+        }
+        Command::Serve => {
+            database_url(&config)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(serve(config, None))?;
+        }
+        Command::Engine {
+            workers,
+            processes,
+            process,
+            hostfile,
+            ..
+        } => {
+            let timely = engine::timely_config(workers, processes, process, hostfile.as_deref())?;
+            let log = log::open(&config.log)?;
+            let plan = engine::plan_live(
+                &mut store::connect(&database_url(&config)?)?,
+                log.as_ref(),
+                &config,
+            )?;
+            tracing::info!(?plan.start, ?plan.hold_until, generation = plan.generation, "engine starting");
+            match engine::run(&config, timely, plan, log, Arc::new(SinkStatus::default()))? {
+                Outcome::Retired => {
+                    eprintln!("engine: a replay switched readers to a newer generation; restart the engine to follow it");
+                    std::process::exit(3);
+                }
+                Outcome::Finished => {}
+            }
+        }
+        Command::Replay { from, workers } => replay(&config, &from, workers)?,
+        Command::Up { demo, workers } => {
+            let local_pg = config.database.url.is_empty();
+            if local_pg {
+                config.database.url =
+                    local::start_postgres(&config.database.local_dir, config.database.local_port)?;
+            }
+            if config.log.kind != "embedded" {
+                tracing::warn!("`up` runs with log.kind = {:?}", config.log.kind);
+            }
+            let result = up(config.clone(), demo, workers);
+            if local_pg {
+                local::stop_postgres(&config.database.local_dir);
+            }
+            result?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|d| d.timestamp_millis())
+        .map_err(|_| anyhow::anyhow!("--from {s:?} is neither RFC 3339 nor Unix milliseconds"))
+}
+
+fn replay(config: &Config, from: &str, workers: usize) -> anyhow::Result<()> {
+    let from_ms = parse_time(from)?;
+    let url = database_url(config)?;
+    let log = log::open(&config.log)?;
+    let mut client = store::connect(&url)?;
+    let plan = engine::plan_replay(&mut client, log.as_ref(), from_ms)?;
+    let total: u64 = plan
+        .end
+        .iter()
+        .flatten()
+        .map(|(p, e)| e.saturating_sub(plan.start[p]))
+        .sum();
+    eprintln!(
+        "replay: generation {} from {} ({} records to read)",
+        plan.generation,
+        chrono::DateTime::from_timestamp_millis(plan.write_from)
+            .map(|d| d.to_rfc3339())
+            .unwrap_or_default(),
+        total
+    );
+    let status = Arc::new(SinkStatus::default());
+    let bar = indicatif::ProgressBar::new(100);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} replay [{elapsed_precise}] {wide_bar} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (bar2, status2) = (bar.clone(), status.clone());
+    let end_ms = clickflow_operators::source::wall_clock_ms();
+    let start_ms = plan.write_from;
+    let ticker = std::thread::spawn(move || loop {
+        let f = status2
+            .committed_frontier
+            .load(std::sync::atomic::Ordering::Relaxed) as i64;
+        if f == i64::MAX || f < 0 {
+            break;
+        }
+        let pct = if f > start_ms {
+            ((f - start_ms) * 100 / (end_ms - start_ms).max(1)).clamp(0, 100)
+        } else {
+            0
+        };
+        bar2.set_position(pct as u64);
+        bar2.set_message(format!(
+            "{} rows written",
+            status2
+                .rows_written
+                .load(std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let generation = plan.generation;
+    let outcome = engine::run(
+        config,
+        timely::Config::process(workers.max(1)),
+        plan,
+        log,
+        status.clone(),
+    );
+    status
+        .committed_frontier
+        .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+    let _ = ticker.join();
+    bar.finish_and_clear();
+    outcome?;
+    let old = engine::switch_to(&mut client, generation)?;
+    println!(
+        "replay done: readers switched from generation {old} to {generation} ({} rows written); restart the live engine to follow it",
+        status.rows_written.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+async fn serve(
+    config: Config,
+    collector_hook: Option<tokio::sync::oneshot::Sender<Arc<Collector>>>,
+) -> anyhow::Result<()> {
+    let log = log::open(&config.log)?;
+    let pool = api::pool(&config.database.url, config.database.pool_size)?;
+    let collector = Arc::new(Collector::new(
+        config.collector.clone(),
+        log.clone(),
+        pool.clone(),
+    )?);
+    if let Some(hook) = collector_hook {
+        let _ = hook.send(collector.clone());
+    }
+    let api = Arc::new(Api {
+        pool,
+        log: Some(log),
+    });
+    let listen: std::net::SocketAddr = config
+        .collector
+        .listen
+        .parse()
+        .context("collector.listen")?;
+    let routes = collector::routes(collector)
+        .or(api::routes(api.clone()))
+        .unify()
+        .recover(collector::recover);
+    if config.api.listen.is_empty() || config.api.listen == config.collector.listen {
+        tracing::info!(%listen, "collector and query API listening");
+        warp::serve(routes).run(listen).await;
+    } else {
+        let api_listen: std::net::SocketAddr = config.api.listen.parse().context("api.listen")?;
+        tracing::info!(%listen, %api_listen, "collector and query API listening");
+        let api_routes = api::routes(api).recover(collector::recover);
+        tokio::join!(
+            warp::serve(routes).run(listen),
+            warp::serve(api_routes).run(api_listen)
+        );
+    }
+    Ok(())
+}
+
+fn up(config: Config, demo: bool, workers: usize) -> anyhow::Result<()> {
+    let url = config.database.url.clone();
+    let mut client = store::connect(&url)?;
+    store::migrate(&mut client)?;
+    let site = match client.query_opt(
+        "SELECT id, api_key FROM sites WHERE domain = 'demo.local'",
+        &[],
+    )? {
+        Some(r) => (r.get::<_, String>(0), r.get::<_, String>(1)),
+        None => {
+            let s = store::add_site(&mut client, "demo.local", "UTC")?;
+            (s.id, s.api_key)
+        }
+    };
+    let engine_config = config.clone();
+    std::thread::spawn(move || loop {
+        let attempt = (|| -> anyhow::Result<Outcome> {
+            let log = log::open(&engine_config.log)?;
+            let plan = engine::plan_live(
+                &mut store::connect(&engine_config.database.url)?,
+                log.as_ref(),
+                &engine_config,
+            )?;
+            engine::run(
+                &engine_config,
+                timely::Config::process(workers.max(1)),
+                plan,
+                log,
+                Arc::new(SinkStatus::default()),
+            )
+        })();
+        match attempt {
+            Ok(Outcome::Retired) => tracing::info!("engine following the new generation"),
+            Ok(Outcome::Finished) => return,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "engine stopped; restarting in 2 s");
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+    });
+    let listen = config.collector.listen.clone();
+    println!("Clickflow is up.");
+    println!(
+        "  collector:  POST http://{listen}/api/event   (site {})",
+        site.0
+    );
+    println!(
+        "  query API:  POST http://{listen}/api/v1/query  (Authorization: Bearer {})",
+        site.1
+    );
+    println!("  health:     http://{listen}/healthz    metrics: http://{listen}/metrics");
+    println!("  database:   {}", store::redact(&url));
+    println!("Try:\n  curl -s -X POST http://{listen}/api/v1/query -H 'Authorization: Bearer {}' -H 'content-type: application/json' \\\n    -d '{{\"site_id\":\"{}\",\"metrics\":[\"pageviews\",\"visitors\",\"events\"],\"date_range\":[\"{}\",\"{}\"],\"dimensions\":[\"time:minute\"]}}'",
+        site.1, site.0, chrono::Utc::now().format("%Y-%m-%d"), chrono::Utc::now().format("%Y-%m-%d"));
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(serve(config, Some(tx)));
+        if demo {
+            if let Ok(collector) = rx.await {
+                tokio::spawn(local::demo_traffic(collector, site.0.clone()));
+                println!("Demo traffic is flowing into site {}.", site.0);
+            }
+        }
+        tokio::select! {
+            r = server => r.map_err(|e| anyhow::anyhow!("server task: {e}"))?,
+            _ = tokio::signal::ctrl_c() => { println!("stopping"); Ok(()) }
+        }
+    })
+}

@@ -124,123 +124,129 @@ pub fn transactional_sink<'scope, K, V, B, S>(
     let mut holding = !config.hold_until.is_empty();
     let mut replace_next = holding;
     let mut last_commit: Option<Instant> = None;
-    let mut done = false;
+    // Set once the input is exhausted and the last batch is committed; until then the operator
+    // reports itself incomplete so timely keeps it (and a retrying final commit) alive.
+    let done = std::rc::Rc::new(std::cell::Cell::new(false));
+    let done_outer = done.clone();
     status.holding.store(holding as u64, Ordering::Relaxed);
 
-    builder.build(move |_caps| {
+    let mut logic = move |frontiers: &[timely::progress::frontier::MutableAntichain<u64>]| {
+        data_in.for_each(|_cap, data| pending.append(data));
+        progress_in.for_each(|cap, data| {
+            if let Some(time) = cap.least().copied() {
+                pending_progress.extend(data.drain(..).map(|p| (time, p)));
+            }
+        });
+        if done.get() {
+            return;
+        }
+        let frontier_of = |i: usize| frontiers[i].frontier().iter().min().copied();
+        let frontier = match (frontier_of(0), frontier_of(1)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let complete = |t: u64| frontier.is_none_or(|f| t < f);
+
+        // Apply completed updates in time order so an expiry is recognised by its time.
+        let (mut ready, rest): (Vec<_>, Vec<_>) = pending.drain(..).partition(|u| complete(u.1));
+        pending = rest;
+        ready.sort_by_key(|u| u.1);
+        for ((key, value), time, diff) in ready {
+            let (bucket_start, seal) = bounds(&key);
+            if bucket_start < config.write_from {
+                continue;
+            }
+            let values = live.entry(key.clone()).or_default();
+            match values.iter_mut().find(|(v, _)| *v == value) {
+                Some(entry) => entry.1 += diff,
+                None => values.push((value, diff)),
+            }
+            values.retain(|(_, d)| *d != 0);
+            let now = current_value(values).cloned();
+            if values.is_empty() {
+                live.remove(&key);
+            }
+            // At or after the seal time only expiry retractions arrive: the row as last
+            // written (or about to be) is final.
+            if time < seal {
+                dirty.insert(key, now);
+            }
+        }
+        let (ready, rest): (Vec<_>, Vec<_>) =
+            pending_progress.drain(..).partition(|(t, _)| complete(*t));
+        pending_progress = rest;
+        for (_, (partition, next)) in ready {
+            let entry = offsets.entry(partition).or_insert(0);
+            if next > *entry || !offsets_dirty {
+                *entry = next;
+                offsets_dirty = true;
+            }
+        }
+
+        if holding {
+            let passed = config
+                .hold_until
+                .iter()
+                .all(|(p, committed)| offsets.get(p).is_some_and(|o| o >= committed));
+            if !passed {
+                return;
+            }
+            holding = false;
+            status.holding.store(0, Ordering::Relaxed);
+        }
+
+        let finished = frontier.is_none();
+        if dirty.is_empty() && !offsets_dirty && !replace_next {
+            done.set(finished);
+            return;
+        }
+        if let (Some(last), false) = (last_commit, finished) {
+            let elapsed = last.elapsed();
+            if elapsed < config.min_commit_interval {
+                activator.activate_after(config.min_commit_interval - elapsed);
+                return;
+            }
+        }
+        let mut batch = CommitBatch {
+            upserts: Vec::new(),
+            deletes: Vec::new(),
+            progress: offsets.iter().map(|(p, o)| (*p, *o)).collect(),
+            frontier: frontier.unwrap_or(u64::MAX),
+            replace_from: replace_next.then_some(config.write_from),
+        };
+        for (key, value) in &dirty {
+            match value {
+                Some(v) => batch.upserts.push((key.clone(), v.clone())),
+                None => batch.deletes.push(key.clone()),
+            }
+        }
+        match target.commit(&batch) {
+            Ok(()) => {
+                dirty.clear();
+                offsets_dirty = false;
+                replace_next = false;
+                last_commit = Some(Instant::now());
+                status.commits.fetch_add(1, Ordering::Relaxed);
+                status.rows_written.fetch_add(
+                    (batch.upserts.len() + batch.deletes.len()) as u64,
+                    Ordering::Relaxed,
+                );
+                status
+                    .committed_frontier
+                    .store(batch.frontier, Ordering::Relaxed);
+                done.set(finished);
+            }
+            Err(e) => {
+                // Nothing was written; everything stays dirty and is retried.
+                tracing::warn!(error = %e, "sink commit failed; retrying");
+                activator.activate_after(Duration::from_millis(500));
+            }
+        }
+    };
+    builder.build_reschedule(move |_caps| {
         move |frontiers| {
-            data_in.for_each(|_cap, data| pending.append(data));
-            progress_in.for_each(|cap, data| {
-                if let Some(time) = cap.least().copied() {
-                    pending_progress.extend(data.drain(..).map(|p| (time, p)));
-                }
-            });
-            if done {
-                return;
-            }
-            let frontier_of = |i: usize| frontiers[i].frontier().iter().min().copied();
-            let frontier = match (frontier_of(0), frontier_of(1)) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let complete = |t: u64| frontier.is_none_or(|f| t < f);
-
-            // Apply completed updates in time order so an expiry is recognised by its time.
-            let (mut ready, rest): (Vec<_>, Vec<_>) =
-                pending.drain(..).partition(|u| complete(u.1));
-            pending = rest;
-            ready.sort_by_key(|u| u.1);
-            for ((key, value), time, diff) in ready {
-                let (bucket_start, seal) = bounds(&key);
-                if bucket_start < config.write_from {
-                    continue;
-                }
-                let values = live.entry(key.clone()).or_default();
-                match values.iter_mut().find(|(v, _)| *v == value) {
-                    Some(entry) => entry.1 += diff,
-                    None => values.push((value, diff)),
-                }
-                values.retain(|(_, d)| *d != 0);
-                let now = current_value(values).cloned();
-                if values.is_empty() {
-                    live.remove(&key);
-                }
-                // At or after the seal time only expiry retractions arrive: the row as last
-                // written (or about to be) is final.
-                if time < seal {
-                    dirty.insert(key, now);
-                }
-            }
-            let (ready, rest): (Vec<_>, Vec<_>) =
-                pending_progress.drain(..).partition(|(t, _)| complete(*t));
-            pending_progress = rest;
-            for (_, (partition, next)) in ready {
-                let entry = offsets.entry(partition).or_insert(0);
-                if next > *entry || !offsets_dirty {
-                    *entry = next;
-                    offsets_dirty = true;
-                }
-            }
-
-            if holding {
-                let passed = config
-                    .hold_until
-                    .iter()
-                    .all(|(p, committed)| offsets.get(p).is_some_and(|o| o >= committed));
-                if !passed {
-                    return;
-                }
-                holding = false;
-                status.holding.store(0, Ordering::Relaxed);
-            }
-
-            let finished = frontier.is_none();
-            if dirty.is_empty() && !offsets_dirty && !replace_next {
-                done = finished;
-                return;
-            }
-            if let (Some(last), false) = (last_commit, finished) {
-                let elapsed = last.elapsed();
-                if elapsed < config.min_commit_interval {
-                    activator.activate_after(config.min_commit_interval - elapsed);
-                    return;
-                }
-            }
-            let mut batch = CommitBatch {
-                upserts: Vec::new(),
-                deletes: Vec::new(),
-                progress: offsets.iter().map(|(p, o)| (*p, *o)).collect(),
-                frontier: frontier.unwrap_or(u64::MAX),
-                replace_from: replace_next.then_some(config.write_from),
-            };
-            for (key, value) in &dirty {
-                match value {
-                    Some(v) => batch.upserts.push((key.clone(), v.clone())),
-                    None => batch.deletes.push(key.clone()),
-                }
-            }
-            match target.commit(&batch) {
-                Ok(()) => {
-                    dirty.clear();
-                    offsets_dirty = false;
-                    replace_next = false;
-                    last_commit = Some(Instant::now());
-                    status.commits.fetch_add(1, Ordering::Relaxed);
-                    status.rows_written.fetch_add(
-                        (batch.upserts.len() + batch.deletes.len()) as u64,
-                        Ordering::Relaxed,
-                    );
-                    status
-                        .committed_frontier
-                        .store(batch.frontier, Ordering::Relaxed);
-                    done = finished;
-                }
-                Err(e) => {
-                    // Nothing was written; everything stays dirty and is retried.
-                    tracing::warn!(error = %e, "sink commit failed; retrying");
-                    activator.activate_after(Duration::from_millis(500));
-                }
-            }
+            logic(frontiers);
+            !done_outer.get()
         }
     });
 }

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Starts or stops the servers the test suite runs against: a throwaway PostgreSQL and a
+# Kafka-protocol broker (tansu, sqlite storage). `start` writes .testenv/env with the
+# variables the tests read. Idempotent: `start` on a running environment reuses it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+ENV_DIR="$ROOT/.testenv"
+PG_PORT=${CLICKFLOW_TEST_PG_PORT:-55432}
+KAFKA_PORT=${CLICKFLOW_TEST_KAFKA_PORT:-19092}
+export PATH="$HOME/.cargo/bin:$PATH"
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.2
+  done
+  echo "test-env: nothing listening on port $1" >&2
+  return 1
+}
+
+start() {
+  mkdir -p "$ENV_DIR/pg" "$ENV_DIR/tansu"
+  local bin; bin=$(pg_bin)
+  [ -n "$bin" ] || { echo "test-env: PostgreSQL not installed (run scripts/install-deps.sh)" >&2; exit 1; }
+  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$ENV_DIR/pg"
+  if [ ! -f "$ENV_DIR/pg/PG_VERSION" ]; then
+    as_pg "$bin/initdb" -D "$ENV_DIR/pg" -U postgres -A trust --no-sync >/dev/null
+  fi
+  if ! as_pg "$bin/pg_ctl" -D "$ENV_DIR/pg" status >/dev/null 2>&1; then
+    as_pg "$bin/pg_ctl" -D "$ENV_DIR/pg" -w -l "$ENV_DIR/pg/server.log" \
+      -o "-p $PG_PORT -k $ENV_DIR/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null
+  fi
+  if ! (echo >/dev/tcp/127.0.0.1/"$KAFKA_PORT") 2>/dev/null; then
+    (cd "$ENV_DIR/tansu" && nohup tansu broker \
+      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine "sqlite://tansu.db" >"$ENV_DIR/tansu/broker.log" 2>&1 & echo $! >"$ENV_DIR/tansu/pid")
+  fi
+  wait_port "$PG_PORT"
+  wait_port "$KAFKA_PORT"
+  cat >"$ENV_DIR/env" <<ENV
+export CLICKFLOW_TEST_PG="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+export CLICKFLOW_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
+export CLICKFLOW_TEST_TANSU="$(command -v tansu)"
+ENV
+  echo "test-env: postgres on $PG_PORT, tansu on $KAFKA_PORT"
+}
+
+stop() {
+  local bin; bin=$(pg_bin)
+  if [ -f "$ENV_DIR/pg/PG_VERSION" ] && [ -n "$bin" ]; then
+    as_pg "$bin/pg_ctl" -D "$ENV_DIR/pg" -m fast stop >/dev/null 2>&1 || true
+  fi
+  if [ -f "$ENV_DIR/tansu/pid" ]; then
+    kill "$(cat "$ENV_DIR/tansu/pid")" 2>/dev/null || true
+    rm -f "$ENV_DIR/tansu/pid"
+  fi
+  echo "test-env: stopped"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac

@@ -1,0 +1,644 @@
+//! HTTP ingest: `POST /api/event` and `POST /api/batch`. An event is answered `202` only
+//! after the log acknowledged it durable; every refusal says which field and why.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use clickflow_dataflows::event::{Event, Revenue, PAGEVIEW};
+use ipnet::IpNet;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::RwLock;
+use warp::http::StatusCode;
+use warp::Filter;
+
+use crate::config::CollectorConfig;
+use crate::log::{Append, Log};
+use crate::metrics::{EVENTS_ACCEPTED, EVENTS_REJECTED};
+
+/// A site as the collector needs it.
+#[derive(Clone, Debug)]
+pub struct SiteInfo {
+    pub time_zone: String,
+}
+
+/// Why one event was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    #[serde(skip)]
+    pub status: u16,
+    pub field: Option<&'static str>,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn bad(field: &'static str, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            status: 400,
+            field: Some(field),
+            reason: reason.into(),
+        }
+    }
+    fn label(&self) -> &'static str {
+        match (self.status, self.field) {
+            (404, _) => "unknown_site",
+            (503, _) => "log_unavailable",
+            (_, Some("ts")) => "bad_timestamp",
+            (_, Some(f)) => f,
+            _ => "invalid",
+        }
+    }
+}
+
+pub struct Collector {
+    pub config: CollectorConfig,
+    pub log: Arc<dyn Log>,
+    pub pool: deadpool_postgres::Pool,
+    trusted: Vec<IpNet>,
+    sites: moka::future::Cache<String, Option<SiteInfo>>,
+    salt: RwLock<Option<(i64, Vec<u8>)>>,
+}
+
+impl Collector {
+    pub fn new(
+        config: CollectorConfig,
+        log: Arc<dyn Log>,
+        pool: deadpool_postgres::Pool,
+    ) -> anyhow::Result<Collector> {
+        let trusted = config
+            .trusted_proxies
+            .iter()
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("collector.trusted_proxies: {e}"))?;
+        Ok(Collector {
+            config,
+            log,
+            pool,
+            trusted,
+            // Unknown sites are cached too, briefly, so a flood of bad ids cannot hammer the DB.
+            sites: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
+            salt: RwLock::new(None),
+        })
+    }
+
+    async fn site(&self, id: &str) -> Result<Option<SiteInfo>, Refusal> {
+        let pool = self.pool.clone();
+        let id_owned = id.to_owned();
+        self.sites
+            .try_get_with(id.to_owned(), async move {
+                let client = pool.get().await.map_err(|e| e.to_string())?;
+                let row = client
+                    .query_opt("SELECT time_zone FROM sites WHERE id = $1", &[&id_owned])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(row.map(|r| SiteInfo {
+                    time_zone: r.get(0),
+                }))
+            })
+            .await
+            .map_err(|e| Refusal {
+                status: 503,
+                field: None,
+                reason: format!("site lookup failed: {e}"),
+            })
+    }
+
+    /// The salt of the current UTC day, created on first use; yesterday's is never reused,
+    /// so cookieless visitor ids cannot be linked across days.
+    async fn daily_salt(&self, now_ms: i64) -> Result<Vec<u8>, Refusal> {
+        let day = now_ms.div_euclid(86_400_000);
+        if let Some((d, salt)) = self.salt.read().await.as_ref() {
+            if *d == day {
+                return Ok(salt.clone());
+            }
+        }
+        let unavailable = |e: String| Refusal {
+            status: 503,
+            field: None,
+            reason: format!("salt unavailable: {e}"),
+        };
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let fresh: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+        let date = DateTime::<Utc>::from_timestamp_millis(day * 86_400_000)
+            .unwrap_or_default()
+            .date_naive();
+        let row = client
+            .query_one(
+                "WITH ins AS (INSERT INTO salts (day, salt) VALUES ($1::text::date, $2) ON CONFLICT (day) DO NOTHING RETURNING salt)
+                 SELECT salt FROM ins UNION ALL SELECT salt FROM salts WHERE day = $1::text::date LIMIT 1",
+                &[&date.to_string(), &fresh],
+            )
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let salt: Vec<u8> = row.get(0);
+        *self.salt.write().await = Some((day, salt.clone()));
+        Ok(salt)
+    }
+
+    /// The client address: the socket peer, or the nearest untrusted hop of
+    /// `X-Forwarded-For` when the peer is a trusted proxy.
+    pub fn client_ip(&self, peer: Option<SocketAddr>, forwarded: Option<&str>) -> Option<IpAddr> {
+        let peer = peer.map(|p| p.ip());
+        let trusted = |ip: &IpAddr| self.trusted.iter().any(|n| n.contains(ip));
+        match (peer, forwarded) {
+            (Some(ip), Some(xff)) if trusted(&ip) => {
+                let hops: Vec<IpAddr> = xff
+                    .split(',')
+                    .filter_map(|h| h.trim().parse().ok())
+                    .collect();
+                hops.iter()
+                    .rev()
+                    .find(|h| !trusted(h))
+                    .or(hops.first())
+                    .copied()
+                    .or(Some(ip))
+            }
+            (ip, _) => ip,
+        }
+    }
+
+    /// Validates one raw event into the form written to the log.
+    async fn validate(
+        &self,
+        raw: &Value,
+        ip: Option<IpAddr>,
+        user_agent: &str,
+        now: i64,
+    ) -> Result<Event, Refusal> {
+        let obj = raw
+            .as_object()
+            .ok_or_else(|| Refusal::bad("event", "an event must be a JSON object"))?;
+        let site = required_str(obj, "site", 64)?;
+        let name = required_str(obj, "name", 120)?;
+        let url = optional_str(obj, "url", 2048)?;
+        if name == PAGEVIEW && url.is_none() {
+            return Err(Refusal::bad("url", "url is required for pageviews"));
+        }
+        if let Some(u) = &url {
+            match url::Url::parse(u) {
+                Ok(parsed)
+                    if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
+                _ => return Err(Refusal::bad("url", "url must be an absolute http(s) URL")),
+            }
+        }
+        let referrer = optional_str(obj, "referrer", 2048)?;
+        let event_id = match optional_str(obj, "event_id", 128)? {
+            Some(id) => id,
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        let ts = self.event_time(obj.get("ts"), now)?;
+        let props = props(obj.get("props"))?;
+        let revenue = revenue(obj.get("revenue"))?;
+        let visitor_id = optional_str(obj, "visitor_id", 256)?;
+
+        let site_info = self.site(&site).await?.ok_or_else(|| Refusal {
+            status: 404,
+            field: Some("site"),
+            reason: format!("unknown site {site:?}"),
+        })?;
+        let visitor = match visitor_id {
+            Some(v) => hash64(&[b"visitor-id", site.as_bytes(), v.as_bytes()]),
+            None => {
+                let salt = self.daily_salt(now).await?;
+                let ip = ip.map(|i| i.to_string()).unwrap_or_default();
+                hash64(&[&salt, site.as_bytes(), ip.as_bytes(), user_agent.as_bytes()])
+            }
+        };
+        Ok(Event {
+            site,
+            event_id,
+            name,
+            ts,
+            received: now,
+            visitor,
+            url: url.unwrap_or_default(),
+            referrer,
+            props,
+            revenue,
+            tz: site_info.time_zone,
+        })
+    }
+
+    fn event_time(&self, ts: Option<&Value>, now: i64) -> Result<i64, Refusal> {
+        let ts = match ts {
+            None | Some(Value::Null) => return Ok(now),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .ok_or_else(|| Refusal::bad("ts", "ts must be whole Unix milliseconds"))?,
+            Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+                .map(|d| d.timestamp_millis())
+                .map_err(|_| {
+                    Refusal::bad(
+                        "ts",
+                        format!("ts {s:?} is neither RFC 3339 nor Unix milliseconds"),
+                    )
+                })?,
+            Some(_) => {
+                return Err(Refusal::bad(
+                    "ts",
+                    "ts must be an RFC 3339 string or Unix milliseconds",
+                ))
+            }
+        };
+        let lateness = self.config.lateness_secs as i64 * 1000;
+        if now - ts > lateness {
+            return Err(Refusal::bad(
+                "ts",
+                format!(
+                    "event is older than the lateness bound of {} s",
+                    self.config.lateness_secs
+                ),
+            ));
+        }
+        if ts - now > self.config.future_skew_secs as i64 * 1000 {
+            return Err(Refusal::bad(
+                "ts",
+                format!(
+                    "event is more than {} s in the future",
+                    self.config.future_skew_secs
+                ),
+            ));
+        }
+        // Event time never exceeds receive time, so an event is always in the log at or after
+        // its own time: replays and restarts that seek by time see every event of a bucket.
+        Ok(ts.min(now))
+    }
+
+    /// Validates and appends; returns per-input results in order (event id or refusal).
+    pub async fn ingest(
+        &self,
+        raws: &[Value],
+        ip: Option<IpAddr>,
+        user_agent: &str,
+    ) -> Vec<Result<String, Refusal>> {
+        let now = clickflow_operators::source::wall_clock_ms();
+        let mut results: Vec<Result<String, Refusal>> = Vec::with_capacity(raws.len());
+        let mut appends = Vec::new();
+        let mut slots = Vec::new();
+        for raw in raws {
+            match self.validate(raw, ip, user_agent, now).await {
+                Ok(event) => match serde_json::to_vec(&event) {
+                    Ok(value) => {
+                        slots.push(results.len());
+                        results.push(Ok(event.event_id.clone()));
+                        appends.push(Append {
+                            key: event.site.clone(),
+                            value,
+                            timestamp: now,
+                        });
+                    }
+                    Err(e) => results.push(Err(Refusal::bad("event", e.to_string()))),
+                },
+                Err(r) => results.push(Err(r)),
+            }
+        }
+        if !appends.is_empty() {
+            let acks = self.log.append(appends).await;
+            for (slot, ack) in slots.into_iter().zip(acks) {
+                if let Err(e) = ack {
+                    results[slot] = Err(Refusal {
+                        status: 503,
+                        field: None,
+                        reason: format!("{e}; retry later"),
+                    });
+                }
+            }
+        }
+        for r in &results {
+            match r {
+                Ok(_) => EVENTS_ACCEPTED.inc(),
+                Err(refusal) => EVENTS_REJECTED.with_label_values(&[refusal.label()]).inc(),
+            }
+        }
+        results
+    }
+}
+
+fn hash64(parts: &[&[u8]]) -> u64 {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let digest = h.finalize();
+    u64::from_le_bytes(digest[..8].try_into().unwrap_or([0; 8]))
+}
+
+fn required_str(
+    obj: &Map<String, Value>,
+    field: &'static str,
+    max: usize,
+) -> Result<String, Refusal> {
+    optional_str(obj, field, max)?
+        .ok_or_else(|| Refusal::bad(field, format!("{field} is required")))
+}
+
+fn optional_str(
+    obj: &Map<String, Value>,
+    field: &'static str,
+    max: usize,
+) -> Result<Option<String>, Refusal> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(Refusal::bad(field, format!("{field} must not be empty")))
+        }
+        Some(Value::String(s)) if s.chars().count() > max => Err(Refusal::bad(
+            field,
+            format!("{field} is longer than {max} characters"),
+        )),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Refusal::bad(field, format!("{field} must be a string"))),
+    }
+}
+
+fn props(v: Option<&Value>) -> Result<Vec<(String, String)>, Refusal> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(Refusal::bad(
+                "props",
+                "props must be a flat object of strings",
+            ))
+        }
+    };
+    if obj.len() > 30 {
+        return Err(Refusal::bad("props", "at most 30 props per event"));
+    }
+    let mut out = BTreeMap::new();
+    for (k, v) in obj {
+        let v = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(Refusal::bad(
+                    "props",
+                    format!("props.{k} must be a string, number or boolean"),
+                ))
+            }
+        };
+        if k.is_empty() || k.len() > 100 || v.len() > 1000 {
+            return Err(Refusal::bad(
+                "props",
+                format!("props.{k}: keys are 1-100 and values up to 1000 bytes"),
+            ));
+        }
+        out.insert(k.clone(), v);
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn revenue(v: Option<&Value>) -> Result<Option<Revenue>, Refusal> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(Refusal::bad(
+                "revenue",
+                "revenue must be {\"amount\": \"12.50\", \"currency\": \"EUR\"}",
+            ))
+        }
+    };
+    let amount = match obj.get("amount") {
+        Some(Value::String(s)) => s.trim().to_owned(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => {
+            return Err(Refusal::bad(
+                "revenue",
+                "revenue.amount is required (a decimal string)",
+            ))
+        }
+    };
+    let valid_amount = {
+        let digits = amount.strip_prefix('-').unwrap_or(&amount);
+        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        !int.is_empty()
+            && int.len() <= 15
+            && frac.len() <= 6
+            && int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit())
+    };
+    if !valid_amount {
+        return Err(Refusal::bad(
+            "revenue",
+            format!("revenue.amount {amount:?} is not a decimal number"),
+        ));
+    }
+    let currency = match obj.get("currency") {
+        Some(Value::String(c)) if c.len() == 3 && c.chars().all(|ch| ch.is_ascii_alphabetic()) => {
+            c.to_ascii_uppercase()
+        }
+        _ => {
+            return Err(Refusal::bad(
+                "revenue",
+                "revenue.currency must be a 3-letter ISO 4217 code",
+            ))
+        }
+    };
+    Ok(Some(Revenue { amount, currency }))
+}
+
+/// A JSON error reply.
+pub fn error_reply(status: StatusCode, reason: &str, field: Option<&str>) -> warp::reply::Response {
+    let mut body = json!({ "error": reason });
+    if let Some(f) = field {
+        body["field"] = json!(f);
+    }
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+use warp::Reply;
+
+fn status_of(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+#[derive(Debug)]
+struct UnsupportedContentType(String);
+impl warp::reject::Reject for UnsupportedContentType {}
+
+fn json_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and_then(|ct: Option<String>| async move {
+            let ct = ct.unwrap_or_default();
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            // text/plain is what navigator.sendBeacon sends.
+            if mime == "application/json" || mime == "text/plain" {
+                Ok(())
+            } else {
+                Err(warp::reject::custom(UnsupportedContentType(ct)))
+            }
+        })
+        .untuple_one()
+        .and(warp::body::content_length_limit(limit))
+        .and(warp::body::bytes())
+}
+
+fn client_info(
+    collector: Arc<Collector>,
+) -> impl Filter<Extract = (Option<IpAddr>, String), Error = warp::Rejection> + Clone {
+    warp::addr::remote()
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(warp::header::optional::<String>("user-agent"))
+        .map(
+            move |peer: Option<SocketAddr>, xff: Option<String>, ua: Option<String>| {
+                (
+                    collector.client_ip(peer, xff.as_deref()),
+                    ua.unwrap_or_default(),
+                )
+            },
+        )
+        .untuple_one()
+}
+
+/// The ingest routes.
+pub fn routes(
+    collector: Arc<Collector>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let limit = collector.config.max_body_bytes;
+    let c1 = collector.clone();
+    let event = warp::path!("api" / "event")
+        .and(warp::post())
+        .and(json_body(limit))
+        .and(client_info(collector.clone()))
+        .then(move |body: Bytes, ip: Option<IpAddr>, ua: String| {
+            let c = c1.clone();
+            async move {
+                let raw: Value = match serde_json::from_slice(&body) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return error_reply(
+                            StatusCode::BAD_REQUEST,
+                            &format!("body is not valid JSON: {e}"),
+                            None,
+                        )
+                    }
+                };
+                match c.ingest(std::slice::from_ref(&raw), ip, &ua).await.pop() {
+                    Some(Ok(id)) => warp::reply::with_status(
+                        warp::reply::json(&json!({ "accepted": 1, "event_id": id })),
+                        StatusCode::ACCEPTED,
+                    )
+                    .into_response(),
+                    Some(Err(r)) => error_reply(status_of(r.status), &r.reason, r.field),
+                    None => error_reply(StatusCode::INTERNAL_SERVER_ERROR, "no result", None),
+                }
+            }
+        });
+    let c2 = collector.clone();
+    let batch = warp::path!("api" / "batch")
+        .and(warp::post())
+        .and(json_body(limit))
+        .and(client_info(collector))
+        .then(move |body: Bytes, ip: Option<IpAddr>, ua: String| {
+            let c = c2.clone();
+            async move {
+                let raw: Value = match serde_json::from_slice(&body) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return error_reply(
+                            StatusCode::BAD_REQUEST,
+                            &format!("body is not valid JSON: {e}"),
+                            None,
+                        )
+                    }
+                };
+                let Some(events) = raw.get("events").and_then(|e| e.as_array()) else {
+                    return error_reply(
+                        StatusCode::BAD_REQUEST,
+                        "a batch is {\"events\": [ ... ]}",
+                        Some("events"),
+                    );
+                };
+                if events.len() > c.config.max_batch_events {
+                    return error_reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!(
+                            "a batch holds at most {} events, got {}",
+                            c.config.max_batch_events,
+                            events.len()
+                        ),
+                        Some("events"),
+                    );
+                }
+                let results = c.ingest(events, ip, &ua).await;
+                let accepted = results.iter().filter(|r| r.is_ok()).count();
+                let unavailable = results
+                    .iter()
+                    .any(|r| matches!(r, Err(x) if x.status == 503));
+                let rejected: Vec<Value> = results
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| {
+                        r.as_ref()
+                            .err()
+                            .map(|x| json!({"index": i, "reason": x.reason, "field": x.field}))
+                    })
+                    .collect();
+                let status = if accepted == 0 && unavailable {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::ACCEPTED
+                };
+                warp::reply::with_status(
+                    warp::reply::json(&json!({"accepted": accepted, "rejected": rejected})),
+                    status,
+                )
+                .into_response()
+            }
+        });
+    event.or(batch).unify()
+}
+
+/// Turns warp's rejections into JSON errors with the right status.
+pub async fn recover(
+    r: warp::Rejection,
+) -> Result<warp::reply::Response, std::convert::Infallible> {
+    let (status, reason) = if r.is_not_found() {
+        (StatusCode::NOT_FOUND, "no such endpoint".to_string())
+    } else if let Some(UnsupportedContentType(ct)) = r.find::<UnsupportedContentType>() {
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type must be application/json (got {ct:?})"),
+        )
+    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (StatusCode::PAYLOAD_TOO_LARGE, "body too large".to_string())
+    } else if r.find::<warp::reject::LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "a Content-Length header is required".to_string(),
+        )
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed".to_string(),
+        )
+    } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
+        (StatusCode::BAD_REQUEST, e.to_string())
+    } else {
+        (StatusCode::BAD_REQUEST, format!("{r:?}"))
+    };
+    Ok(error_reply(status, &reason, None))
+}

@@ -1,0 +1,222 @@
+//! Configuration: a TOML file (`config/clickflow.toml` by default), then environment
+//! variables `CLICKFLOW__SECTION__KEY=value`, then `--set section.key=value` flags, each
+//! overriding the one before. `DATABASE_URL` sets `database.url`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub database: DatabaseConfig,
+    pub collector: CollectorConfig,
+    pub engine: EngineConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"embedded"` (a directory on disk) or `"kafka"`.
+    pub kind: String,
+    pub dir: PathBuf,
+    /// Partitions of a new embedded log (Kafka topics bring their own).
+    pub partitions: u32,
+    /// Sync every embedded append to disk before acknowledging it.
+    pub fsync: bool,
+    pub brokers: String,
+    pub topic: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            kind: "embedded".into(),
+            dir: PathBuf::from(".clickflow/log"),
+            partitions: 4,
+            fsync: true,
+            brokers: "127.0.0.1:9092".into(),
+            topic: "events".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Empty: `clickflow up` starts a local Postgres in `local_dir`.
+    pub url: String,
+    pub local_dir: PathBuf,
+    pub local_port: u16,
+    pub pool_size: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: String::new(),
+            local_dir: PathBuf::from(".clickflow/pg"),
+            local_port: 5439,
+            pool_size: 8,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorConfig {
+    pub listen: String,
+    pub max_batch_events: usize,
+    pub max_body_bytes: u64,
+    /// Peers whose `X-Forwarded-For` is believed (CIDR blocks).
+    pub trusted_proxies: Vec<String>,
+    /// Events older than this (receive time minus event time) are rejected.
+    pub lateness_secs: u64,
+    /// Events further in the future than this are rejected; closer ones are clamped to now.
+    pub future_skew_secs: u64,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_batch_events: 500,
+            max_body_bytes: 1 << 20,
+            trusted_proxies: vec![],
+            lateness_secs: 24 * 3600,
+            future_skew_secs: 300,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Width of an ingest epoch (the timely time unit) in ms.
+    pub epoch_ms: u64,
+    /// Added to the collector's lateness before a bucket seals, so an event accepted at the
+    /// edge of the bound is never dropped by the engine.
+    pub seal_grace_secs: u64,
+    /// Minimum time between two sink transactions.
+    pub commit_interval_ms: u64,
+    /// Records read per source activation.
+    pub source_batch: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            epoch_ms: 1000,
+            seal_grace_secs: 60,
+            commit_interval_ms: 250,
+            source_batch: 20_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The query API; empty serves it on the collector's listener.
+    pub listen: String,
+    /// Bearer token for `/api/v1/admin/*`; empty disables admin actions.
+    pub admin_token: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: String::new(),
+            admin_token: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (or the default file when it exists), then env, then `--set` overrides.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> anyhow::Result<Config> {
+        let mut value = match path {
+            Some(p) => read_toml(p)?,
+            None if Path::new("config/clickflow.toml").exists() => {
+                read_toml(Path::new("config/clickflow.toml"))?
+            }
+            None => toml::Value::Table(Default::default()),
+        };
+        for (key, val) in std::env::vars() {
+            if let Some(rest) = key.strip_prefix("CLICKFLOW__") {
+                let path = rest.to_lowercase().replace("__", ".");
+                set_path(&mut value, &path, &val)
+                    .with_context(|| format!("environment variable {key}"))?;
+            }
+        }
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            set_path(&mut value, "database.url", &format!("{url:?}"))?;
+        }
+        for o in overrides {
+            let Some((k, v)) = o.split_once('=') else {
+                bail!("--set takes section.key=value, got {o:?}")
+            };
+            set_path(&mut value, k.trim(), v.trim()).with_context(|| format!("--set {o}"))?;
+        }
+        value.try_into().context("invalid configuration")
+    }
+
+    /// Lateness the engine seals with: the collector's bound plus grace.
+    pub fn seal_lateness_ms(&self) -> u64 {
+        (self.collector.lateness_secs + self.engine.seal_grace_secs) * 1000
+    }
+}
+
+fn read_toml(path: &Path) -> anyhow::Result<toml::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Sets `section.key` to `raw`, read as a TOML value when it parses as one (numbers, booleans,
+/// quoted strings, arrays) and as a bare string otherwise.
+fn set_path(root: &mut toml::Value, path: &str, raw: &str) -> anyhow::Result<()> {
+    let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let mut node = root;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let table = node
+            .as_table_mut()
+            .ok_or_else(|| anyhow::anyhow!("{path}: not a table"))?;
+        if i + 1 == parts.len() {
+            table.insert((*part).to_owned(), parsed);
+            return Ok(());
+        }
+        node = table
+            .entry((*part).to_owned())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    bail!("empty configuration key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_apply_in_order_and_types_are_kept() {
+        let c = Config::load(
+            None,
+            &["engine.epoch_ms=250".into(), "log.kind=kafka".into()],
+        )
+        .unwrap();
+        assert_eq!(c.engine.epoch_ms, 250);
+        assert_eq!(c.log.kind, "kafka");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::load(None, &["engine.epochs=1".into()]).is_err());
+    }
+}

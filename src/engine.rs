@@ -1,0 +1,301 @@
+//! The engine: a timely job reading the log, running every metric family, and committing
+//! results with offsets to Postgres. Partition `p` is read by global worker `p mod W`.
+//!
+//! A restart rebuilds state instead of checkpointing it: readers seek back to the oldest
+//! offset that can still touch an open bucket, and the sink holds its output until the input
+//! has passed the committed offsets, then replaces the open rows wholesale.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clickflow_dataflows::{pipeline, Event, MetricKey, Settings};
+use clickflow_operators::sink::{transactional_sink, SinkConfig, SinkStatus};
+use clickflow_operators::source::{log_source, LogRecord, PartitionReader, SourceConfig};
+use postgres::Client;
+
+use crate::config::Config;
+use crate::log::{Log, LogReader};
+use crate::sink::PgSink;
+use crate::store;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// What one run of the engine reads and where it writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub generation: i32,
+    /// True for the live job; false for a replay building a new generation.
+    pub live: bool,
+    pub start: BTreeMap<u32, u64>,
+    /// Bounded runs (replays) stop at these offsets.
+    pub end: Option<BTreeMap<u32, u64>>,
+    pub hold_until: BTreeMap<u32, u64>,
+    pub write_from: i64,
+}
+
+fn floor_day(ms: i64) -> i64 {
+    ms.div_euclid(DAY_MS) * DAY_MS
+}
+
+/// The plan of the live job: from the beginning on a fresh generation, or rehydrating every
+/// bucket that can still change since the committed progress.
+pub fn plan_live(client: &mut Client, log: &dyn Log, config: &Config) -> anyhow::Result<Plan> {
+    let generation = store::active_generation(client)?;
+    let progress = store::progress(client, generation)?;
+    let partitions = log.partitions()?;
+    let mut plan = Plan {
+        generation,
+        live: true,
+        start: (0..partitions).map(|p| (p, 0)).collect(),
+        end: None,
+        hold_until: BTreeMap::new(),
+        write_from: i64::MIN,
+    };
+    if let Some(frontier) = progress.frontier_ms {
+        // Any bucket still open at the committed frontier starts after this instant (days are
+        // at most 25 h long, and a day bucket of any zone starts within 14 h of a UTC midnight).
+        let rehydrate_from = floor_day(frontier - config.seal_lateness_ms() as i64 - 2 * DAY_MS);
+        for p in 0..partitions {
+            let committed = progress.offsets.get(&p).copied().unwrap_or(0);
+            let from = log.offset_for_time(p, rehydrate_from)?.min(committed);
+            plan.start.insert(p, from);
+            plan.hold_until.insert(p, committed);
+        }
+        plan.write_from = rehydrate_from;
+    }
+    Ok(plan)
+}
+
+/// Prepares a replay from `from_ms`: a new generation holding a copy of every row before the
+/// aligned start (the UTC day before `from_ms`, so day buckets of every zone are whole), and
+/// readers from that instant to the current end of the log.
+pub fn plan_replay(client: &mut Client, log: &dyn Log, from_ms: i64) -> anyhow::Result<Plan> {
+    let aligned = floor_day(from_ms) - DAY_MS;
+    let mut tx = client.transaction()?;
+    let old = store::active_generation(&mut tx)?;
+    let generation: i32 = tx
+        .query_one("SELECT coalesce(max(id), 0) + 1 FROM generations", &[])?
+        .get(0);
+    tx.execute(
+        "INSERT INTO generations (id, status, replay_from) VALUES ($1, 'building', to_timestamp($2::float8 / 1000))",
+        &[&generation, &aligned],
+    )?;
+    tx.execute(
+        "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value)
+         SELECT $1, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value
+           FROM rollups WHERE generation = $2 AND bucket < to_timestamp($3::float8 / 1000)",
+        &[&generation, &old, &aligned],
+    )?;
+    tx.commit()?;
+    let partitions = log.partitions()?;
+    let mut start = BTreeMap::new();
+    let mut end = BTreeMap::new();
+    for p in 0..partitions {
+        start.insert(p, log.offset_for_time(p, aligned)?);
+        end.insert(p, log.high_watermark(p)?);
+    }
+    Ok(Plan {
+        generation,
+        live: false,
+        start,
+        end: Some(end),
+        hold_until: BTreeMap::new(),
+        write_from: aligned,
+    })
+}
+
+/// Switches readers to a finished replay's generation in one transaction.
+pub fn switch_to(client: &mut Client, generation: i32) -> anyhow::Result<i32> {
+    let mut tx = client.transaction()?;
+    let old = store::active_generation(&mut tx)?;
+    tx.execute(
+        "UPDATE generations SET status = 'retired' WHERE id = $1",
+        &[&old],
+    )?;
+    tx.execute(
+        "UPDATE generations SET status = 'live', switched_at = now() WHERE id = $1",
+        &[&generation],
+    )?;
+    tx.execute(
+        "UPDATE active_generation SET generation = $1",
+        &[&generation],
+    )?;
+    tx.commit()?;
+    Ok(old)
+}
+
+/// Decodes log records into events for the source operator.
+struct EventReader {
+    inner: Box<dyn LogReader>,
+}
+
+impl PartitionReader for EventReader {
+    type Item = Event;
+
+    fn poll(&mut self, max: usize, out: &mut Vec<LogRecord<Event>>) -> Result<(), String> {
+        let records = self
+            .inner
+            .poll(max, Duration::ZERO)
+            .map_err(|e| e.to_string())?;
+        for r in records {
+            match serde_json::from_slice::<Event>(&r.value) {
+                Ok(data) => out.push(LogRecord {
+                    partition: r.partition,
+                    offset: r.offset,
+                    timestamp: r.timestamp,
+                    data,
+                }),
+                Err(e) => {
+                    crate::metrics::DECODE_ERRORS.inc();
+                    tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "skipping undecodable record");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn positions(&self) -> Vec<(u32, u64)> {
+        self.inner.positions().into_iter().collect()
+    }
+
+    fn caught_up(&self, partition: u32) -> bool {
+        self.inner.caught_up(partition)
+    }
+
+    fn finished(&self) -> bool {
+        self.inner.finished()
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A bounded run read and committed everything.
+    Finished,
+    /// Another generation became active: this job must stop (a supervisor restarts it).
+    Retired,
+}
+
+/// Runs the job in this process with timely configuration `timely_config`.
+pub fn run(
+    config: &Config,
+    timely_config: timely::Config,
+    plan: Plan,
+    log: Arc<dyn Log>,
+    status: Arc<SinkStatus>,
+) -> anyhow::Result<Outcome> {
+    let retired = Arc::new(AtomicBool::new(false));
+    let failed: Arc<parking_lot::Mutex<Option<String>>> = Arc::default();
+    let settings = Settings {
+        seal_lateness_ms: config.seal_lateness_ms(),
+    };
+    let source_config = SourceConfig {
+        epoch_ms: config.engine.epoch_ms,
+        batch: config.engine.source_batch,
+        ..SourceConfig::default()
+    };
+    let sink_config = SinkConfig {
+        hold_until: plan.hold_until.clone(),
+        write_from: plan.write_from,
+        min_commit_interval: Duration::from_millis(config.engine.commit_interval_ms),
+    };
+    let db_url = config.database.url.clone();
+    let (retired_w, failed_w) = (retired.clone(), failed.clone());
+    let guards = timely::execute(timely_config, move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let mine = |offsets: &BTreeMap<u32, u64>| -> BTreeMap<u32, u64> {
+            offsets
+                .iter()
+                .filter(|(p, _)| **p as usize % peers == index)
+                .map(|(p, o)| (*p, *o))
+                .collect()
+        };
+        let start = mine(&plan.start);
+        let end = plan.end.as_ref().map(mine);
+        let reader = match log.reader(&start, end) {
+            Ok(r) => r,
+            Err(e) => {
+                *failed_w.lock() = Some(format!("worker {index}: opening the log: {e}"));
+                return;
+            }
+        };
+        let lateness = settings.seal_lateness_ms;
+        let sink = PgSink::new(
+            &db_url,
+            plan.generation,
+            plan.live,
+            lateness,
+            retired_w.clone(),
+        );
+        let (settings, source_config, sink_config, status) = (
+            settings.clone(),
+            source_config.clone(),
+            sink_config.clone(),
+            status.clone(),
+        );
+        worker.dataflow::<u64, _, _>(move |scope| {
+            let (events, progress) = log_source(scope, "Events", source_config, move |_, _| {
+                EventReader { inner: reader }
+            });
+            let rows = pipeline::metrics(events, &settings);
+            transactional_sink(
+                rows,
+                progress,
+                sink_config,
+                move |k: &MetricKey| (k.bucket_start, k.seal_time(lateness)),
+                sink,
+                status,
+            );
+        });
+        while worker.step_or_park(Some(Duration::from_millis(50))) {
+            if retired_w.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("starting timely: {e}"))?;
+    for r in guards.join() {
+        r.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
+    }
+    if let Some(e) = failed.lock().take() {
+        anyhow::bail!(e);
+    }
+    if retired.load(Ordering::SeqCst) {
+        return Ok(Outcome::Retired);
+    }
+    Ok(Outcome::Finished)
+}
+
+/// Builds timely's configuration from the standard flags.
+pub fn timely_config(
+    workers: usize,
+    processes: usize,
+    process: usize,
+    hostfile: Option<&str>,
+) -> anyhow::Result<timely::Config> {
+    let mut args = vec![
+        "clickflow".to_string(),
+        "-w".into(),
+        workers.to_string(),
+        "-n".into(),
+        processes.to_string(),
+        "-p".into(),
+        process.to_string(),
+    ];
+    if let Some(h) = hostfile {
+        args.push("-h".into());
+        args.push(h.to_string());
+    }
+    if processes > 1 && hostfile.is_none() {
+        anyhow::bail!("-n {processes} needs a hostfile (-h) listing one host:port per process");
+    }
+    if process >= processes {
+        anyhow::bail!("-p {process} must be below -n {processes}");
+    }
+    timely::Config::from_args(args.into_iter())
+        .map_err(|e| anyhow::anyhow!("timely flags: {e}"))
+        .context("configuring timely")
+}

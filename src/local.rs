@@ -1,0 +1,149 @@
+//! Local mode: a throwaway Postgres started from the system's binaries, and demo traffic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rand::Rng;
+use serde_json::json;
+
+use crate::collector::Collector;
+
+fn pg_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    if let Some(dir) = versions.iter().rev().find(|d| d.join(name).exists()) {
+        return Ok(dir.join(name));
+    }
+    bail!("{name} not found under /usr/lib/postgresql; run scripts/install-deps.sh (apt-get install postgresql)")
+}
+
+fn is_root() -> bool {
+    // Postgres refuses to run as root, so as root every command runs as the postgres user.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+fn run_pg(bin: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let bin = pg_bin(bin)?;
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    cmd.args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))
+}
+
+/// Starts (initialising if needed) a Postgres in `dir` on `port` and returns its URL.
+pub fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    let d = dir.to_string_lossy().to_string();
+    if is_root() {
+        Command::new("chown")
+            .args(["-R", "postgres:postgres", &d])
+            .status()?;
+    }
+    if !dir.join("PG_VERSION").exists() {
+        let out = run_pg(
+            "initdb",
+            &["-D", &d, "-U", "postgres", "-A", "trust", "--no-sync"],
+        )?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let running = run_pg("pg_ctl", &["-D", &d, "status"])?.status.success();
+    if !running {
+        let opts = format!("-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off");
+        let log = format!("{d}/server.log");
+        let out = run_pg(
+            "pg_ctl",
+            &["-D", &d, "-w", "-l", &log, "-o", &opts, "start"],
+        )?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl start failed (see {log}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+}
+
+pub fn stop_postgres(dir: &Path) {
+    if let Ok(dir) = dir.canonicalize() {
+        let _ = run_pg(
+            "pg_ctl",
+            &["-D", &dir.to_string_lossy(), "-m", "fast", "stop"],
+        );
+    }
+}
+
+/// Sends a steady trickle of plausible traffic through the collector, as a tracker would:
+/// a few hundred visitors browsing pages, some arriving late, some retried.
+pub async fn demo_traffic(collector: Arc<Collector>, site: String) {
+    let pages = [
+        "/",
+        "/pricing",
+        "/docs",
+        "/blog/launch",
+        "/blog/exact-numbers",
+        "/signup",
+        "/about",
+    ];
+    let referrers = [
+        None,
+        Some("https://www.google.com/"),
+        Some("https://news.ycombinator.com/"),
+        Some("https://twitter.com/"),
+    ];
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let events: Vec<serde_json::Value> = {
+            let mut rng = rand::rng();
+            (0..rng.random_range(1..12))
+                .map(|_| {
+                    let visitor = rng.random_range(0..300);
+                    let late_ms = if rng.random_bool(0.05) {
+                        rng.random_range(60_000..1_800_000)
+                    } else {
+                        0
+                    };
+                    let ts = clickflow_operators::source::wall_clock_ms() - late_ms;
+                    let page = pages[rng.random_range(0..pages.len())];
+                    let name = if page == "/signup" && rng.random_bool(0.3) {
+                        "signup"
+                    } else {
+                        "pageview"
+                    };
+                    json!({
+                        "site": site, "name": name, "url": format!("https://demo.local{page}"),
+                        "referrer": referrers[rng.random_range(0..referrers.len())],
+                        "visitor_id": format!("demo-{visitor}"), "ts": ts,
+                    })
+                })
+                .collect()
+        };
+        let results = collector.ingest(&events, None, "Mozilla/5.0 (demo)").await;
+        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+            tracing::warn!(reason = %e.reason, "demo event refused");
+        }
+    }
+}

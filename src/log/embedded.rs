@@ -1,0 +1,412 @@
+//! The embedded log: one data file and one index file per partition in a directory.
+//!
+//! Data frames are `[len u32][crc32 u32][offset u64][timestamp i64][key_len u16][key][value]`
+//! (little endian; `len` counts from `offset` on, the CRC covers the same bytes). The index
+//! holds one 24-byte entry `[offset u64][timestamp i64][position u64]` per record and is
+//! written after the data is synced, so a record exists once its index entry does. Readers
+//! (in this or another process) trust only the index; a writer that opens a log truncates a
+//! torn tail. Timestamps are log-append time, clamped to never decrease per partition, so
+//! seek-by-time is a binary search over the index.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{partition_for, Ack, Append, Log, LogError, LogReader, LogResult, Record};
+
+const INDEX_ENTRY: u64 = 24;
+const HEADER: usize = 8;
+const META: &str = "partitions";
+
+struct PartitionWriter {
+    data: File,
+    index: File,
+    next_offset: u64,
+    data_len: u64,
+    last_timestamp: i64,
+}
+
+#[derive(Clone)]
+pub struct EmbeddedLog {
+    dir: PathBuf,
+    partitions: u32,
+    fsync: bool,
+    writers: Vec<Arc<Mutex<PartitionWriter>>>,
+}
+
+impl EmbeddedLog {
+    /// Opens (creating if needed) a log with `partitions` partitions under `dir`. An existing
+    /// log keeps the partition count it was created with.
+    pub fn open(dir: &Path, partitions: u32, fsync: bool) -> LogResult<EmbeddedLog> {
+        std::fs::create_dir_all(dir)?;
+        let meta = dir.join(META);
+        let partitions = match std::fs::read_to_string(&meta) {
+            Ok(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| LogError::Corrupt(format!("bad {}", meta.display())))?,
+            Err(_) => {
+                std::fs::write(&meta, partitions.max(1).to_string())?;
+                partitions.max(1)
+            }
+        };
+        let mut writers = Vec::new();
+        for p in 0..partitions {
+            writers.push(Arc::new(Mutex::new(open_partition(dir, p)?)));
+        }
+        Ok(EmbeddedLog {
+            dir: dir.to_owned(),
+            partitions,
+            fsync,
+            writers,
+        })
+    }
+
+    fn append_blocking(&self, records: Vec<Append>) -> Vec<LogResult<Ack>> {
+        let mut by_partition: BTreeMap<u32, Vec<(usize, Append)>> = BTreeMap::new();
+        let n = records.len();
+        for (i, r) in records.into_iter().enumerate() {
+            by_partition
+                .entry(partition_for(&r.key, self.partitions))
+                .or_default()
+                .push((i, r));
+        }
+        let mut results: Vec<Option<LogResult<Ack>>> = (0..n).map(|_| None).collect();
+        for (p, batch) in by_partition {
+            let mut w = self.writers[p as usize].lock();
+            match write_batch(&mut w, &batch, self.fsync) {
+                Ok(first) => {
+                    for (k, (i, _)) in batch.iter().enumerate() {
+                        results[*i] = Some(Ok((p, first + k as u64)));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for (i, _) in &batch {
+                        results[*i] = Some(Err(LogError::Unavailable(msg.clone())));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(LogError::Unavailable("lost".into()))))
+            .collect()
+    }
+}
+
+fn data_path(dir: &Path, p: u32) -> PathBuf {
+    dir.join(format!("{p:05}.log"))
+}
+
+fn index_path(dir: &Path, p: u32) -> PathBuf {
+    dir.join(format!("{p:05}.idx"))
+}
+
+fn open_partition(dir: &Path, p: u32) -> LogResult<PartitionWriter> {
+    let open = |path: PathBuf| {
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+    };
+    let data = open(data_path(dir, p))?;
+    let index = open(index_path(dir, p))?;
+    let entries = index.metadata()?.len() / INDEX_ENTRY;
+    // Drop a torn index entry, then any data past the last indexed record.
+    index.set_len(entries * INDEX_ENTRY)?;
+    let (next_offset, data_len, last_timestamp) = if entries == 0 {
+        (0, 0, i64::MIN)
+    } else {
+        let mut buf = [0u8; INDEX_ENTRY as usize];
+        index.read_exact_at(&mut buf, (entries - 1) * INDEX_ENTRY)?;
+        let (offset, ts, pos) = decode_index(&buf);
+        let mut len = [0u8; 4];
+        data.read_exact_at(&mut len, pos)?;
+        (offset + 1, pos + 8 + u32::from_le_bytes(len) as u64, ts)
+    };
+    data.set_len(data_len)?;
+    Ok(PartitionWriter {
+        data,
+        index,
+        next_offset,
+        data_len,
+        last_timestamp,
+    })
+}
+
+fn write_batch(
+    w: &mut PartitionWriter,
+    batch: &[(usize, Append)],
+    fsync: bool,
+) -> std::io::Result<u64> {
+    let first = w.next_offset;
+    let mut data = Vec::new();
+    let mut index = Vec::with_capacity(batch.len() * INDEX_ENTRY as usize);
+    let mut offset = first;
+    let mut ts = w.last_timestamp;
+    for (_, r) in batch {
+        ts = ts.max(r.timestamp);
+        let key = r.key.as_bytes();
+        let key_len = u16::try_from(key.len())
+            .map_err(|_| std::io::Error::other("key longer than 64 KiB"))?;
+        let pos = w.data_len + data.len() as u64;
+        let mut body = Vec::with_capacity(18 + key.len() + r.value.len());
+        body.extend_from_slice(&offset.to_le_bytes());
+        body.extend_from_slice(&ts.to_le_bytes());
+        body.extend_from_slice(&key_len.to_le_bytes());
+        body.extend_from_slice(key);
+        body.extend_from_slice(&r.value);
+        data.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        data.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        data.extend_from_slice(&body);
+        index.extend_from_slice(&offset.to_le_bytes());
+        index.extend_from_slice(&ts.to_le_bytes());
+        index.extend_from_slice(&pos.to_le_bytes());
+        offset += 1;
+    }
+    let rollback = |w: &mut PartitionWriter| {
+        let _ = w.data.set_len(w.data_len);
+        let _ = w.index.set_len(w.next_offset * INDEX_ENTRY);
+    };
+    let result = (|| {
+        w.data.write_all(&data)?;
+        if fsync {
+            w.data.sync_data()?;
+        }
+        w.index.write_all(&index)?;
+        if fsync {
+            w.index.sync_data()?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        rollback(w);
+        return Err(e);
+    }
+    w.data_len += data.len() as u64;
+    w.next_offset = offset;
+    w.last_timestamp = ts;
+    Ok(first)
+}
+
+fn decode_index(buf: &[u8]) -> (u64, i64, u64) {
+    let u = |r: std::ops::Range<usize>| u64::from_le_bytes(buf[r].try_into().unwrap_or([0; 8]));
+    (u(0..8), u(8..16) as i64, u(16..24))
+}
+
+/// Reads index entries of one partition straight from disk, so any process can read.
+struct IndexFile {
+    file: File,
+}
+
+impl IndexFile {
+    fn open(dir: &Path, p: u32) -> LogResult<IndexFile> {
+        Ok(IndexFile {
+            file: File::open(index_path(dir, p))?,
+        })
+    }
+    fn len(&self) -> LogResult<u64> {
+        Ok(self.file.metadata()?.len() / INDEX_ENTRY)
+    }
+    fn entry(&self, offset: u64) -> LogResult<(u64, i64, u64)> {
+        let mut buf = [0u8; INDEX_ENTRY as usize];
+        self.file.read_exact_at(&mut buf, offset * INDEX_ENTRY)?;
+        Ok(decode_index(&buf))
+    }
+}
+
+#[async_trait]
+impl Log for EmbeddedLog {
+    async fn append(&self, records: Vec<Append>) -> Vec<LogResult<Ack>> {
+        let log = self.clone();
+        let n = records.len();
+        match tokio::task::spawn_blocking(move || log.append_blocking(records)).await {
+            Ok(results) => results,
+            Err(e) => (0..n)
+                .map(|_| Err(LogError::Unavailable(e.to_string())))
+                .collect(),
+        }
+    }
+
+    fn partitions(&self) -> LogResult<u32> {
+        Ok(self.partitions)
+    }
+
+    fn high_watermark(&self, partition: u32) -> LogResult<u64> {
+        self.check(partition)?;
+        IndexFile::open(&self.dir, partition)?.len()
+    }
+
+    fn offset_for_time(&self, partition: u32, timestamp: i64) -> LogResult<u64> {
+        self.check(partition)?;
+        let index = IndexFile::open(&self.dir, partition)?;
+        let (mut lo, mut hi) = (0u64, index.len()?);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if index.entry(mid)?.1 < timestamp {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    fn reader(
+        &self,
+        start: &BTreeMap<u32, u64>,
+        end: Option<BTreeMap<u32, u64>>,
+    ) -> LogResult<Box<dyn LogReader>> {
+        let mut parts = BTreeMap::new();
+        for (&p, &offset) in start {
+            self.check(p)?;
+            let data = File::open(data_path(&self.dir, p))?;
+            parts.insert(
+                p,
+                PartitionCursor {
+                    index: IndexFile::open(&self.dir, p)?,
+                    data,
+                    next: offset,
+                    caught_up: false,
+                },
+            );
+        }
+        Ok(Box::new(EmbeddedReader { parts, end }))
+    }
+}
+
+impl EmbeddedLog {
+    fn check(&self, partition: u32) -> LogResult<()> {
+        if partition < self.partitions {
+            Ok(())
+        } else {
+            Err(LogError::NoPartition(partition))
+        }
+    }
+}
+
+struct PartitionCursor {
+    index: IndexFile,
+    data: File,
+    next: u64,
+    caught_up: bool,
+}
+
+struct EmbeddedReader {
+    parts: BTreeMap<u32, PartitionCursor>,
+    end: Option<BTreeMap<u32, u64>>,
+}
+
+impl EmbeddedReader {
+    fn limit(&self, p: u32) -> u64 {
+        self.end
+            .as_ref()
+            .and_then(|e| e.get(&p).copied())
+            .unwrap_or(u64::MAX)
+    }
+
+    fn read_some(&mut self, max: usize, out: &mut Vec<Record>) -> LogResult<()> {
+        let per_partition = (max / self.parts.len().max(1)).max(1);
+        let limits: BTreeMap<u32, u64> = self.parts.keys().map(|p| (*p, self.limit(*p))).collect();
+        for (&p, cursor) in self.parts.iter_mut() {
+            let available = cursor.index.len()?.min(limits[&p]);
+            let until = available.min(cursor.next + per_partition as u64);
+            if cursor.next < until {
+                let (_, _, first_pos) = cursor.index.entry(cursor.next)?;
+                let (_, _, last_pos) = cursor.index.entry(until - 1)?;
+                let mut len = [0u8; 4];
+                cursor.data.read_exact_at(&mut len, last_pos)?;
+                let end_pos = last_pos + 8 + u32::from_le_bytes(len) as u64;
+                let mut buf = vec![0u8; (end_pos - first_pos) as usize];
+                cursor.data.seek(SeekFrom::Start(first_pos))?;
+                cursor.data.read_exact(&mut buf)?;
+                let mut at = 0usize;
+                while at < buf.len() {
+                    let (record, used) = decode_frame(&buf[at..], p)?;
+                    if record.offset != cursor.next {
+                        return Err(LogError::Corrupt(format!(
+                            "partition {p}: expected offset {} got {}",
+                            cursor.next, record.offset
+                        )));
+                    }
+                    cursor.next += 1;
+                    out.push(record);
+                    at += used;
+                }
+            }
+            cursor.caught_up = cursor.next >= available;
+        }
+        Ok(())
+    }
+}
+
+fn decode_frame(buf: &[u8], partition: u32) -> LogResult<(Record, usize)> {
+    let corrupt = |what: &str| LogError::Corrupt(format!("partition {partition}: {what}"));
+    if buf.len() < HEADER {
+        return Err(corrupt("truncated frame"));
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().map_err(|_| corrupt("length"))?) as usize;
+    let crc = u32::from_le_bytes(buf[4..8].try_into().map_err(|_| corrupt("crc"))?);
+    let body = buf
+        .get(HEADER..HEADER + len)
+        .ok_or_else(|| corrupt("truncated body"))?;
+    if crc32fast::hash(body) != crc || body.len() < 18 {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let offset = u64::from_le_bytes(body[0..8].try_into().map_err(|_| corrupt("offset"))?);
+    let timestamp = i64::from_le_bytes(body[8..16].try_into().map_err(|_| corrupt("timestamp"))?);
+    let key_len =
+        u16::from_le_bytes(body[16..18].try_into().map_err(|_| corrupt("key length"))?) as usize;
+    let key = body
+        .get(18..18 + key_len)
+        .ok_or_else(|| corrupt("key"))?
+        .to_vec();
+    let value = body[18 + key_len..].to_vec();
+    Ok((
+        Record {
+            partition,
+            offset,
+            timestamp,
+            key,
+            value,
+        },
+        HEADER + len,
+    ))
+}
+
+impl LogReader for EmbeddedReader {
+    fn poll(&mut self, max: usize, timeout: Duration) -> LogResult<Vec<Record>> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            self.read_some(max, &mut out)?;
+            if !out.is_empty() || self.finished() || Instant::now() >= deadline {
+                return Ok(out);
+            }
+            std::thread::sleep(Duration::from_millis(5).min(timeout));
+        }
+    }
+
+    fn positions(&self) -> BTreeMap<u32, u64> {
+        self.parts.iter().map(|(p, c)| (*p, c.next)).collect()
+    }
+
+    fn caught_up(&self, partition: u32) -> bool {
+        self.parts
+            .get(&partition)
+            .is_none_or(|c| c.caught_up || c.next >= self.limit(partition))
+    }
+
+    fn finished(&self) -> bool {
+        self.end.is_some() && self.parts.iter().all(|(p, c)| c.next >= self.limit(*p))
+    }
+}

@@ -1,0 +1,187 @@
+//! The Postgres side of the transactional sink: one transaction per commit batch holding the
+//! absolute values of changed rollup rows and the offsets they reflect.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clickflow_dataflows::MetricKey;
+use clickflow_operators::sink::{CommitBatch, Transaction};
+use postgres::Client;
+
+use crate::store;
+
+/// Writes into one generation; `live` sinks stop (and flag `retired`) once a replay switched
+/// readers to another generation, so two jobs never write the same rows.
+pub struct PgSink {
+    url: String,
+    client: Option<Client>,
+    generation: i32,
+    live: bool,
+    seal_lateness_ms: u64,
+    partitioned: Option<bool>,
+    months: HashSet<i64>,
+    pub retired: Arc<AtomicBool>,
+}
+
+impl PgSink {
+    pub fn new(
+        url: &str,
+        generation: i32,
+        live: bool,
+        seal_lateness_ms: u64,
+        retired: Arc<AtomicBool>,
+    ) -> PgSink {
+        PgSink {
+            url: url.to_owned(),
+            client: None,
+            generation,
+            live,
+            seal_lateness_ms,
+            partitioned: None,
+            months: HashSet::new(),
+            retired,
+        }
+    }
+
+    fn write(&mut self, batch: &CommitBatch<MetricKey, i64>) -> anyhow::Result<()> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(store::connect(&self.url)?);
+        }
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("no connection"))?;
+        if self.partitioned.is_none() {
+            let p: bool = client
+                .query_one("SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'rollups'::regclass)", &[])?
+                .get(0);
+            self.partitioned = Some(p);
+        }
+        let mut tx = client.transaction()?;
+        let active = store::active_generation(&mut tx)?;
+        let status: String = tx
+            .query_one(
+                "SELECT status FROM generations WHERE id = $1 FOR SHARE",
+                &[&self.generation],
+            )?
+            .get(0);
+        let allowed = if self.live {
+            active == self.generation
+        } else {
+            status == "building"
+        };
+        if !allowed {
+            self.retired.store(true, Ordering::SeqCst);
+            anyhow::bail!(
+                "generation {} is no longer writable (active is {active}, status {status})",
+                self.generation
+            );
+        }
+        if self.partitioned == Some(true) {
+            for (k, _) in &batch.upserts {
+                let month = k.bucket_start.div_euclid(28 * 86_400_000);
+                if !self.months.contains(&month) {
+                    store::ensure_partition(&mut tx, k.bucket_start)?;
+                    // Buckets of one 28-day slot can straddle two months.
+                    store::ensure_partition(&mut tx, k.bucket_start + 28 * 86_400_000)?;
+                    self.months.insert(month);
+                }
+            }
+        }
+        let lateness = self.seal_lateness_ms as i64;
+        let frontier = batch.frontier.min(i64::MAX as u64) as i64;
+        if let Some(from) = batch.replace_from {
+            tx.execute(
+                "DELETE FROM rollups WHERE generation = $1 AND bucket >= to_timestamp($2::float8 / 1000)
+                   AND bucket_end + $3 * interval '1 millisecond' > to_timestamp($4::float8 / 1000)",
+                &[&self.generation, &from.max(-62_135_596_800_000), &lateness, &frontier],
+            )?;
+        }
+        if !batch.deletes.is_empty() {
+            let cols = Columns::of(batch.deletes.iter().map(|k| (k, 0)));
+            tx.execute(
+                "DELETE FROM rollups r USING unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[])
+                    AS d(site_id, granularity, bucket, family, dimension, dimension_value, metric)
+                 WHERE r.generation = $1 AND r.site_id = d.site_id AND r.granularity = d.granularity
+                   AND r.bucket = to_timestamp(d.bucket::float8 / 1000) AND r.family = d.family
+                   AND r.dimension = d.dimension AND r.dimension_value = d.dimension_value AND r.metric = d.metric",
+                &[&self.generation, &cols.site, &cols.granularity, &cols.bucket, &cols.family, &cols.dimension, &cols.dimension_value, &cols.metric],
+            )?;
+        }
+        if !batch.upserts.is_empty() {
+            let cols = Columns::of(batch.upserts.iter().map(|(k, v)| (k, *v)));
+            tx.execute(
+                "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value)
+                 SELECT $1, site_id, granularity, to_timestamp(bucket::float8 / 1000), to_timestamp(bucket_end::float8 / 1000),
+                        family, dimension, dimension_value, metric, value
+                   FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[])
+                     AS u(site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value)
+                 ON CONFLICT (site_id, generation, granularity, family, metric, dimension, dimension_value, bucket)
+                 DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+                &[
+                    &self.generation, &cols.site, &cols.granularity, &cols.bucket, &cols.bucket_end, &cols.family,
+                    &cols.dimension, &cols.dimension_value, &cols.metric, &cols.value,
+                ],
+            )?;
+        }
+        let partitions: Vec<i32> = batch.progress.iter().map(|(p, _)| *p as i32).collect();
+        let offsets: Vec<i64> = batch.progress.iter().map(|(_, o)| *o as i64).collect();
+        tx.execute(
+            "INSERT INTO progress (generation, partition, next_offset, frontier_ms)
+             SELECT $1, p, o, $4 FROM unnest($2::int4[], $3::int8[]) AS u(p, o)
+             ON CONFLICT (generation, partition) DO UPDATE
+               SET next_offset = EXCLUDED.next_offset, frontier_ms = EXCLUDED.frontier_ms, updated_at = now()",
+            &[&self.generation, &partitions, &offsets, &frontier],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Columns {
+    site: Vec<String>,
+    granularity: Vec<String>,
+    bucket: Vec<i64>,
+    bucket_end: Vec<i64>,
+    family: Vec<String>,
+    dimension: Vec<String>,
+    dimension_value: Vec<String>,
+    metric: Vec<String>,
+    value: Vec<i64>,
+}
+
+impl Columns {
+    fn of<'a>(rows: impl Iterator<Item = (&'a MetricKey, i64)>) -> Columns {
+        let mut c = Columns::default();
+        for (k, v) in rows {
+            c.site.push(k.site.clone());
+            c.granularity.push(k.granularity.as_str().to_owned());
+            c.bucket.push(k.bucket_start);
+            c.bucket_end.push(k.bucket_end);
+            c.family.push(k.family.clone());
+            c.dimension.push(k.dimension.clone());
+            c.dimension_value.push(k.dimension_value.clone());
+            c.metric.push(k.metric.clone());
+            c.value.push(v);
+        }
+        c
+    }
+}
+
+impl Transaction<MetricKey, i64> for PgSink {
+    fn commit(&mut self, batch: &CommitBatch<MetricKey, i64>) -> Result<(), String> {
+        let result = self.write(batch).map_err(|e| format!("{e:#}"));
+        if result.is_err() {
+            // A failed statement leaves the connection usable, but a dropped one must be rebuilt.
+            if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+                self.client = None;
+            }
+        } else {
+            crate::metrics::SINK_ROWS.inc_by((batch.upserts.len() + batch.deletes.len()) as u64);
+            crate::metrics::SINK_FRONTIER.set(batch.frontier.min(i64::MAX as u64) as i64);
+        }
+        result
+    }
+}

@@ -1,0 +1,225 @@
+//! Postgres schema and the small synchronous helpers the CLI and the engine use.
+//!
+//! Rollups are one narrow table keyed by (site, generation, granularity, bucket, family,
+//! dimension, value, metric). With TimescaleDB it is a hypertable on `bucket`; without, it is
+//! natively range-partitioned by month on `bucket`, partitions created on demand by the sink.
+//! `generation` lets a replay build corrected results beside the live ones and switch
+//! readers over in one transaction (`active_generation`).
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use postgres::{Client, GenericClient, NoTls};
+use rand::Rng;
+
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS sites (
+    id          text PRIMARY KEY,
+    domain      text NOT NULL,
+    time_zone   text NOT NULL DEFAULT 'UTC',
+    api_key     text NOT NULL UNIQUE,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS salts (
+    day   date PRIMARY KEY,
+    salt  bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS generations (
+    id           integer PRIMARY KEY,
+    status       text NOT NULL,
+    replay_from  timestamptz,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    switched_at  timestamptz
+);
+CREATE TABLE IF NOT EXISTS active_generation (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    generation  integer NOT NULL REFERENCES generations(id)
+);
+CREATE TABLE IF NOT EXISTS progress (
+    generation   integer NOT NULL,
+    partition    integer NOT NULL,
+    next_offset  bigint NOT NULL,
+    frontier_ms  bigint NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (generation, partition)
+);
+"#;
+
+const ROLLUPS_COLUMNS: &str = r#"
+    generation       integer NOT NULL,
+    site_id          text NOT NULL,
+    granularity      text NOT NULL,
+    bucket           timestamptz NOT NULL,
+    bucket_end       timestamptz NOT NULL,
+    family           text NOT NULL,
+    dimension        text NOT NULL DEFAULT '',
+    dimension_value  text NOT NULL DEFAULT '',
+    metric           text NOT NULL,
+    value            bigint NOT NULL,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site_id, generation, granularity, family, metric, dimension, dimension_value, bucket)
+"#;
+
+/// How the rollups table is laid out on this server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Hypertable,
+    NativePartitions,
+}
+
+pub fn connect(url: &str) -> anyhow::Result<Client> {
+    Client::connect(url, NoTls)
+        .with_context(|| format!("connecting to Postgres at {}", redact(url)))
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Creates the schema (idempotent) and the first generation.
+pub fn migrate(client: &mut Client) -> anyhow::Result<Layout> {
+    client.batch_execute(SCHEMA).context("creating tables")?;
+    let has_timescale: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
+            &[],
+        )?
+        .get(0);
+    let exists: bool = client
+        .query_one("SELECT to_regclass('rollups') IS NOT NULL", &[])?
+        .get(0);
+    let layout = if has_timescale {
+        Layout::Hypertable
+    } else {
+        Layout::NativePartitions
+    };
+    if !exists {
+        match layout {
+            Layout::Hypertable => {
+                client.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")?;
+                client.batch_execute(&format!("CREATE TABLE rollups ({ROLLUPS_COLUMNS})"))?;
+                client.batch_execute(
+                    "SELECT create_hypertable('rollups', 'bucket', chunk_time_interval => interval '7 days')",
+                )?;
+            }
+            Layout::NativePartitions => {
+                client.batch_execute(&format!(
+                    "CREATE TABLE rollups ({ROLLUPS_COLUMNS}) PARTITION BY RANGE (bucket)"
+                ))?;
+            }
+        }
+    }
+    client.batch_execute(
+        "INSERT INTO generations (id, status) VALUES (1, 'live') ON CONFLICT DO NOTHING;
+         INSERT INTO active_generation (generation) VALUES (1) ON CONFLICT DO NOTHING;",
+    )?;
+    let partitioned: bool = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'rollups'::regclass)", &[])?
+        .get(0);
+    Ok(if partitioned {
+        Layout::NativePartitions
+    } else {
+        Layout::Hypertable
+    })
+}
+
+/// Makes sure the monthly partition holding `bucket_ms` exists (native layout only).
+pub fn ensure_partition(client: &mut impl GenericClient, bucket_ms: i64) -> anyhow::Result<()> {
+    let t = DateTime::<Utc>::from_timestamp_millis(bucket_ms).context("bucket out of range")?;
+    let start = Utc
+        .with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
+        .single()
+        .context("month start")?;
+    let (ny, nm) = if t.month() == 12 {
+        (t.year() + 1, 1)
+    } else {
+        (t.year(), t.month() + 1)
+    };
+    let end = Utc
+        .with_ymd_and_hms(ny, nm, 1, 0, 0, 0)
+        .single()
+        .context("month end")?;
+    let name = format!("rollups_y{:04}m{:02}", t.year(), t.month());
+    client.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {name} PARTITION OF rollups FOR VALUES FROM ('{}') TO ('{}')",
+        start.to_rfc3339(),
+        end.to_rfc3339()
+    ))?;
+    Ok(())
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    pub id: String,
+    pub domain: String,
+    pub time_zone: String,
+    pub api_key: String,
+}
+
+fn random_token(prefix: &str, len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    let body: String = (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{body}")
+}
+
+/// Creates a site with a fresh tracking id and API key.
+pub fn add_site(client: &mut Client, domain: &str, time_zone: &str) -> anyhow::Result<Site> {
+    if time_zone.parse::<chrono_tz::Tz>().is_err() {
+        anyhow::bail!("unknown time zone {time_zone:?} (use an IANA name such as Europe/Paris)");
+    }
+    if domain.trim().is_empty() {
+        anyhow::bail!("the domain must not be empty");
+    }
+    let site = Site {
+        id: random_token("cf_", 12),
+        domain: domain.trim().to_owned(),
+        time_zone: time_zone.to_owned(),
+        api_key: random_token("cfk_", 32),
+    };
+    client.execute(
+        "INSERT INTO sites (id, domain, time_zone, api_key) VALUES ($1, $2, $3, $4)",
+        &[&site.id, &site.domain, &site.time_zone, &site.api_key],
+    )?;
+    Ok(site)
+}
+
+pub fn active_generation(client: &mut impl GenericClient) -> anyhow::Result<i32> {
+    let row = client
+        .query_opt("SELECT generation FROM active_generation", &[])?
+        .context("no active generation: run `clickflow migrate` first")?;
+    Ok(row.get(0))
+}
+
+/// Committed offsets of a generation and the ingest frontier they were committed at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub offsets: BTreeMap<u32, u64>,
+    pub frontier_ms: Option<i64>,
+}
+
+pub fn progress(client: &mut impl GenericClient, generation: i32) -> anyhow::Result<Progress> {
+    let rows = client.query(
+        "SELECT partition, next_offset, frontier_ms FROM progress WHERE generation = $1",
+        &[&generation],
+    )?;
+    let mut p = Progress::default();
+    for r in rows {
+        let partition: i32 = r.get(0);
+        let offset: i64 = r.get(1);
+        let frontier: i64 = r.get(2);
+        p.offsets.insert(partition as u32, offset as u64);
+        p.frontier_ms = Some(p.frontier_ms.map_or(frontier, |f: i64| f.min(frontier)));
+    }
+    Ok(p)
+}

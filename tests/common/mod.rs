@@ -1,0 +1,251 @@
+//! Harness for tests against the real servers started by `scripts/test-env.sh`.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the suite with scripts/test.sh (it starts Postgres and the broker)"))
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}_{}", std::process::id(), rand::random::<u32>())
+}
+
+/// A fresh database on the test server; returns its URL.
+pub fn fresh_database() -> String {
+    let server = env("CLICKFLOW_TEST_PG");
+    let name = unique("cf");
+    let mut client =
+        postgres::Client::connect(&server, postgres::NoTls).expect("connect to test postgres");
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create database");
+    let base = server.rsplit_once('/').map(|(b, _)| b).unwrap_or(&server);
+    format!("{base}/{name}")
+}
+
+/// A fresh topic on the test broker; returns (brokers, topic).
+pub fn fresh_topic(partitions: u32) -> (String, String) {
+    let brokers = env("CLICKFLOW_TEST_KAFKA");
+    let topic = unique("events");
+    let out = Command::new(env("CLICKFLOW_TEST_TANSU"))
+        .args([
+            "topic",
+            "create",
+            &topic,
+            "--partitions",
+            &partitions.to_string(),
+            "--broker",
+            &format!("tcp://{brokers}"),
+        ])
+        .output()
+        .expect("run tansu topic create");
+    assert!(
+        out.status.success(),
+        "topic create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (brokers, topic)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Environment for a clickflow process: database, log and listener.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub vars: Vec<(String, String)>,
+    pub listen: String,
+}
+
+impl Setup {
+    pub fn new(database_url: &str, log: &LogChoice) -> Setup {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut vars = vec![
+            ("DATABASE_URL".to_string(), database_url.to_string()),
+            ("CLICKFLOW__COLLECTOR__LISTEN".into(), format!("{listen:?}")),
+            ("CLICKFLOW__ENGINE__EPOCH_MS".into(), "200".into()),
+            ("CLICKFLOW__ENGINE__COMMIT_INTERVAL_MS".into(), "100".into()),
+            ("RUST_LOG".into(), "warn".into()),
+        ];
+        match log {
+            LogChoice::Kafka { brokers, topic } => {
+                vars.push(("CLICKFLOW__LOG__KIND".into(), "kafka".into()));
+                vars.push(("CLICKFLOW__LOG__BROKERS".into(), format!("{brokers:?}")));
+                vars.push(("CLICKFLOW__LOG__TOPIC".into(), format!("{topic:?}")));
+            }
+            LogChoice::Embedded { dir } => {
+                vars.push(("CLICKFLOW__LOG__KIND".into(), "embedded".into()));
+                vars.push((
+                    "CLICKFLOW__LOG__DIR".into(),
+                    format!("{:?}", dir.display().to_string()),
+                ));
+            }
+        }
+        Setup { vars, listen }
+    }
+
+    pub fn with(mut self, key: &str, value: &str) -> Setup {
+        self.vars.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_clickflow"));
+        c.args(args).env_remove("DATABASE_URL");
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("run clickflow");
+        assert!(
+            out.status.success(),
+            "clickflow {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Proc {
+        let child = self
+            .command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn clickflow");
+        Proc(child)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    /// Adds a site; returns (tracking id, api key).
+    pub fn add_site(&self, domain: &str, tz: &str) -> (String, String) {
+        let out = self.run(&["site", "add", "--domain", domain, "--time-zone", tz]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        (field("tracking id:"), field("api key:"))
+    }
+
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::blocking::get(self.url("/healthz")) {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("server at {} never became healthy", self.listen);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum LogChoice {
+    Kafka { brokers: String, topic: String },
+    Embedded { dir: PathBuf },
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts an engine job of `processes` × `workers` on localhost.
+pub fn spawn_engine(setup: &Setup, processes: usize, workers: usize, scratch: &Path) -> Vec<Proc> {
+    let hostfile = scratch.join(format!("hosts-{}", rand::random::<u32>()));
+    let mut f = std::fs::File::create(&hostfile).expect("hostfile");
+    for _ in 0..processes {
+        writeln!(f, "127.0.0.1:{}", free_port()).expect("write hostfile");
+    }
+    let (w, n, h) = (
+        workers.to_string(),
+        processes.to_string(),
+        hostfile.display().to_string(),
+    );
+    (0..processes)
+        .map(|p| {
+            let p = p.to_string();
+            let mut args = vec!["engine", "-w", &w, "-n", &n, "-p", &p];
+            if processes > 1 {
+                args.extend(["-h", &h]);
+            }
+            setup.spawn(&args)
+        })
+        .collect()
+}
+
+pub fn post(url: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::blocking::Client::new().post(url).json(body);
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    let resp = req.send().expect("send request");
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub fn post_raw(url: &str, body: Vec<u8>, content_type: &str) -> (u16, Value) {
+    let resp = reqwest::blocking::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .expect("send request");
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Polls `f` until it returns `Some` or the deadline passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
