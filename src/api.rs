@@ -147,21 +147,22 @@ impl Api {
         if from >= to {
             return Err(ApiError::bad("date_range: from must be before to"));
         }
-        let time_dimension =
-            match q.dimensions.as_slice() {
-                [] => None,
-                [d] => match d.strip_prefix("time:").and_then(Granularity::parse) {
-                    Some(g) => Some(g),
-                    None => return Err(ApiError::bad(format!(
+        let time_dimension = match q.dimensions.as_slice() {
+            [] => None,
+            [d] => match d.strip_prefix("time:").and_then(Granularity::parse) {
+                Some(g) => Some(g),
+                None => {
+                    return Err(ApiError::bad(format!(
                         "dimensions: unknown dimension {d:?} (time:minute, time:hour, time:day)"
-                    ))),
-                },
-                _ => {
-                    return Err(ApiError::bad(
-                        "dimensions: at most one dimension (time:minute, time:hour or time:day)",
-                    ))
+                    )))
                 }
-            };
+            },
+            _ => {
+                return Err(ApiError::bad(
+                    "dimensions: at most one dimension (time:minute, time:hour or time:day)",
+                ))
+            }
+        };
         let max_buckets = 50_000;
         let granularity = time_dimension.unwrap_or_else(|| {
             if bucket_of(from, Granularity::Day, tz).start == from
@@ -200,7 +201,7 @@ impl Api {
                 "SELECT (extract(epoch FROM bucket) * 1000)::bigint, metric, value FROM rollups
                   WHERE site_id = $1 AND generation = $2 AND granularity = $3 AND family = 'traffic'
                     AND dimension = '' AND metric = ANY($4)
-                    AND bucket >= to_timestamp($5::float8 / 1000) AND bucket < to_timestamp($6::float8 / 1000)",
+                    AND bucket >= to_timestamp($5::bigint / 1000.0) AND bucket < to_timestamp($6::bigint / 1000.0)",
                 &[&q.site_id, &generation, &granularity.as_str(), &q.metrics, &buckets.first().copied().unwrap_or(from), &to],
             )
             .await

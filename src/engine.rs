@@ -80,13 +80,13 @@ pub fn plan_replay(client: &mut Client, log: &dyn Log, from_ms: i64) -> anyhow::
         .query_one("SELECT coalesce(max(id), 0) + 1 FROM generations", &[])?
         .get(0);
     tx.execute(
-        "INSERT INTO generations (id, status, replay_from) VALUES ($1, 'building', to_timestamp($2::float8 / 1000))",
+        "INSERT INTO generations (id, status, replay_from) VALUES ($1, 'building', to_timestamp($2::bigint / 1000.0))",
         &[&generation, &aligned],
     )?;
     tx.execute(
         "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value)
          SELECT $1, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value
-           FROM rollups WHERE generation = $2 AND bucket < to_timestamp($3::float8 / 1000)",
+           FROM rollups WHERE generation = $2 AND bucket < to_timestamp($3::bigint / 1000.0)",
         &[&generation, &old, &aligned],
     )?;
     tx.commit()?;

@@ -93,8 +93,8 @@ impl PgSink {
         let frontier = batch.frontier.min(i64::MAX as u64) as i64;
         if let Some(from) = batch.replace_from {
             tx.execute(
-                "DELETE FROM rollups WHERE generation = $1 AND bucket >= to_timestamp($2::float8 / 1000)
-                   AND bucket_end + $3 * interval '1 millisecond' > to_timestamp($4::float8 / 1000)",
+                "DELETE FROM rollups WHERE generation = $1 AND bucket >= to_timestamp($2::bigint / 1000.0)
+                   AND bucket_end + $3::bigint * interval '1 millisecond' > to_timestamp($4::bigint / 1000.0)",
                 &[&self.generation, &from.max(-62_135_596_800_000), &lateness, &frontier],
             )?;
         }

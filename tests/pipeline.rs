@@ -1,0 +1,365 @@
+//! End to end: HTTP → log → engine (several processes) → Postgres → query API, compared
+//! with an oracle computed here from the same events.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+const GRANULARITIES: [&str; 3] = ["minute", "hour", "day"];
+
+struct Site {
+    id: String,
+    key: String,
+    tz: Tz,
+}
+
+/// (site index, event JSON) in sending order, including client retries of earlier events.
+fn generate(seed: u64, n: usize, now_ms: i64) -> Vec<(usize, Value)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out: Vec<(usize, Value)> = Vec::new();
+    for i in 0..n {
+        if i > 10 && rng.random_bool(0.1) {
+            let again = out[rng.random_range(0..out.len())].clone();
+            out.push(again);
+            continue;
+        }
+        let site = rng.random_range(0..2);
+        // Out of order and late: up to 50 minutes back.
+        let ts = now_ms - rng.random_range(0..3_000_000);
+        let pageview = rng.random_bool(0.7);
+        out.push((
+            site,
+            json!({
+                "name": if pageview { "pageview" } else { "signup" },
+                "url": format!("https://shop{site}.test/p/{}", rng.random_range(0..6)),
+                "event_id": format!("ev-{seed}-{i}"),
+                "visitor_id": format!("visitor-{}", rng.random_range(0..40)),
+                "ts": if rng.random_bool(0.5) { json!(ts) } else { json!(DateTime::<Utc>::from_timestamp_millis(ts).unwrap().to_rfc3339()) },
+            }),
+        ));
+    }
+    out
+}
+
+fn ts_of(v: &Value) -> i64 {
+    match &v["ts"] {
+        Value::Number(n) => n.as_i64().unwrap(),
+        Value::String(s) => DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis(),
+        _ => unreachable!(),
+    }
+}
+
+fn label(ts: i64, granularity: &str, tz: Tz) -> String {
+    let t = DateTime::<Utc>::from_timestamp_millis(ts).unwrap();
+    match granularity {
+        "minute" => t.format("%Y-%m-%dT%H:%M:00Z").to_string(),
+        "hour" => t.format("%Y-%m-%dT%H:00:00Z").to_string(),
+        _ => t.with_timezone(&tz).format("%Y-%m-%d").to_string(),
+    }
+}
+
+type Table = BTreeMap<(usize, String, String), [i64; 3]>;
+
+/// The oracle: pageviews, events and distinct visitors per site, granularity and bucket,
+/// counting each event id once.
+fn oracle(events: &[(usize, Value)], sites: &[Site]) -> Table {
+    let mut seen = BTreeSet::new();
+    let mut counts: BTreeMap<(usize, String, String), (i64, i64, BTreeSet<String>)> =
+        BTreeMap::new();
+    for (site, e) in events {
+        if !seen.insert((*site, e["event_id"].as_str().unwrap().to_string())) {
+            continue;
+        }
+        for g in GRANULARITIES {
+            let c = counts
+                .entry((*site, g.to_string(), label(ts_of(e), g, sites[*site].tz)))
+                .or_default();
+            c.0 += (e["name"] == "pageview") as i64;
+            c.1 += 1;
+            c.2.insert(e["visitor_id"].as_str().unwrap().to_string());
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(k, (p, e, v))| (k, [p, e, v.len() as i64]))
+        .collect()
+}
+
+fn send(setup: &Setup, sites: &[Site], events: &[(usize, Value)]) {
+    for chunk in events.chunks(40) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|(s, e)| {
+                let mut e = e.clone();
+                e["site"] = json!(sites[*s].id);
+                e
+            })
+            .collect();
+        let (status, body) = post(&setup.url("/api/batch"), &json!({ "events": batch }), None);
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["accepted"], json!(chunk.len()), "{body}");
+    }
+}
+
+fn query_all(setup: &Setup, sites: &[Site], range: (&str, &str)) -> Option<Table> {
+    let mut table = Table::new();
+    for (i, site) in sites.iter().enumerate() {
+        for g in GRANULARITIES {
+            let (status, body) = post(
+                &setup.url("/api/v1/query"),
+                &json!({ "site_id": site.id, "metrics": ["pageviews", "events", "visitors"],
+                         "date_range": [range.0, range.1], "dimensions": [format!("time:{g}")] }),
+                Some(&site.key),
+            );
+            if status != 200 {
+                eprintln!("query failed: {status} {body}");
+                return None;
+            }
+            for row in body["results"].as_array()? {
+                let m: Vec<i64> = row["metrics"]
+                    .as_array()?
+                    .iter()
+                    .map(|v| v.as_i64().unwrap_or(0))
+                    .collect();
+                if m.iter().any(|v| *v != 0) {
+                    table.insert(
+                        (i, g.to_string(), row["dimensions"][0].as_str()?.to_string()),
+                        [m[0], m[1], m[2]],
+                    );
+                }
+            }
+        }
+    }
+    Some(table)
+}
+
+fn wait_for(setup: &Setup, sites: &[Site], range: (&str, &str), want: &Table) -> Table {
+    let mut last = Table::new();
+    let ok = eventually(Duration::from_secs(90), || {
+        last = query_all(setup, sites, range)?;
+        (last == *want).then_some(())
+    });
+    if ok.is_none() {
+        let diff: Vec<String> = want
+            .iter()
+            .filter(|(k, v)| last.get(*k) != Some(*v))
+            .take(10)
+            .map(|(k, v)| format!("{k:?}: want {v:?} got {:?}", last.get(k)))
+            .chain(
+                last.iter()
+                    .filter(|(k, _)| !want.contains_key(*k))
+                    .take(5)
+                    .map(|(k, v)| format!("{k:?}: unexpected {v:?}")),
+            )
+            .collect();
+        panic!(
+            "results never matched the oracle ({} vs {} rows):\n{}",
+            last.len(),
+            want.len(),
+            diff.join("\n")
+        );
+    }
+    last
+}
+
+fn day_range() -> (String, String) {
+    let now = Utc::now();
+    (
+        (now - chrono::Duration::days(1))
+            .format("%Y-%m-%d")
+            .to_string(),
+        (now + chrono::Duration::days(1))
+            .format("%Y-%m-%d")
+            .to_string(),
+    )
+}
+
+struct Deployment {
+    setup: Setup,
+    sites: Vec<Site>,
+    _server: Proc,
+    scratch: tempfile::TempDir,
+}
+
+fn deploy(log: LogChoice) -> Deployment {
+    let db = fresh_database();
+    let setup = Setup::new(&db, &log);
+    setup.run(&["migrate"]);
+    let sites = [("shop0.test", "UTC"), ("shop1.test", "Europe/Paris")]
+        .iter()
+        .map(|(d, tz)| {
+            let (id, key) = setup.add_site(d, tz);
+            Site {
+                id,
+                key,
+                tz: tz.parse().unwrap(),
+            }
+        })
+        .collect();
+    let server = setup.spawn(&["serve"]);
+    setup.wait_healthy();
+    Deployment {
+        setup,
+        sites,
+        _server: server,
+        scratch: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn kafka() -> LogChoice {
+    let (brokers, topic) = fresh_topic(4);
+    LogChoice::Kafka { brokers, topic }
+}
+
+#[test]
+fn two_processes_and_one_worker_both_equal_the_oracle() {
+    let now = Utc::now().timestamp_millis();
+    let events = generate(1, 400, now);
+    let (from, to) = day_range();
+    let mut results = Vec::new();
+    for (processes, workers) in [(2, 2), (1, 1)] {
+        let d = deploy(kafka());
+        let _engine = spawn_engine(&d.setup, processes, workers, d.scratch.path());
+        // Half before the engine has caught up, half while it runs.
+        let (a, b) = events.split_at(events.len() / 2);
+        send(&d.setup, &d.sites, a);
+        std::thread::sleep(Duration::from_millis(500));
+        send(&d.setup, &d.sites, b);
+        let want = oracle(&events, &d.sites);
+        results.push(wait_for(&d.setup, &d.sites, (&from, &to), &want));
+    }
+    assert_eq!(results[0], results[1], "2×2 and 1×1 agree");
+}
+
+fn committed_progress(db_url: &str) -> i64 {
+    let mut c = postgres::Client::connect(db_url, postgres::NoTls).unwrap();
+    c.query_one("SELECT count(*) FROM progress", &[])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn killing_the_engine_mid_stream_loses_nothing_and_counts_nothing_twice() {
+    let now = Utc::now().timestamp_millis();
+    let events = generate(2, 400, now);
+    let (from, to) = day_range();
+    let d = deploy(kafka());
+    let db = d
+        .setup
+        .vars
+        .iter()
+        .find(|(k, _)| k == "DATABASE_URL")
+        .unwrap()
+        .1
+        .clone();
+    let (a, b) = events.split_at(events.len() / 2);
+    let mut engine = spawn_engine(&d.setup, 1, 2, d.scratch.path());
+    send(&d.setup, &d.sites, a);
+    eventually(Duration::from_secs(60), || {
+        (committed_progress(&db) > 0).then_some(())
+    })
+    .expect("a first commit");
+    std::thread::sleep(Duration::from_millis(300));
+    for p in &mut engine {
+        p.kill(); // SIGKILL: no chance to flush anything
+    }
+    send(&d.setup, &d.sites, &b[..b.len() / 2]);
+    let _engine = spawn_engine(&d.setup, 1, 2, d.scratch.path());
+    send(&d.setup, &d.sites, &b[b.len() / 2..]);
+    wait_for(&d.setup, &d.sites, (&from, &to), &oracle(&events, &d.sites));
+}
+
+#[test]
+fn replay_from_mid_history_equals_a_full_run() {
+    use clickflow::log::embedded::EmbeddedLog;
+    use clickflow::log::{Append, Log};
+    use clickflow_dataflows::Event;
+
+    let scratch = tempfile::tempdir().unwrap();
+    let log_dir = scratch.path().join("log");
+    // Three days of history with events up to two hours late; buckets seal (and their state
+    // expires) six hours after they end, long before the run catches up with the present.
+    let d = deploy(LogChoice::Embedded {
+        dir: log_dir.clone(),
+    });
+    let setup = d
+        .setup
+        .clone()
+        .with("CLICKFLOW__COLLECTOR__LATENESS_SECS", "21600");
+    let now = Utc::now().timestamp_millis();
+    let mut rng = StdRng::seed_from_u64(4);
+    let mut history: Vec<(usize, Value)> = Vec::new();
+    let mut appends = Vec::new();
+    let mut received = now - 3 * 86_400_000;
+    let mut i = 0;
+    while received < now - 3_600_000 {
+        received += rng.random_range(10_000..400_000);
+        let site = rng.random_range(0..2);
+        let ts = received - rng.random_range(0..7_200_000);
+        let pageview = rng.random_bool(0.7);
+        let visitor: u64 = rng.random_range(0..30);
+        let json = json!({"name": if pageview {"pageview"} else {"signup"}, "event_id": format!("h{i}"),
+                          "visitor_id": format!("v{visitor}"), "ts": ts});
+        let event = Event {
+            site: d.sites[site].id.clone(),
+            event_id: format!("h{i}"),
+            name: json["name"].as_str().unwrap().into(),
+            ts,
+            received,
+            visitor,
+            url: "https://x.test/".into(),
+            referrer: None,
+            props: vec![],
+            revenue: None,
+            tz: d.sites[site].tz.name().into(),
+        };
+        appends.push(Append {
+            key: event.site.clone(),
+            value: serde_json::to_vec(&event).unwrap(),
+            timestamp: received,
+        });
+        history.push((site, json));
+        i += 1;
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let log = EmbeddedLog::open(&log_dir, 4, false).unwrap();
+            for r in log.append(appends).await {
+                r.unwrap();
+            }
+        });
+    let want = oracle(&history, &d.sites);
+    let from = (Utc::now() - chrono::Duration::days(4))
+        .format("%Y-%m-%d")
+        .to_string();
+    let to = (Utc::now() + chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+
+    let mut engine = spawn_engine(&setup, 1, 2, scratch.path());
+    let full = wait_for(&setup, &d.sites, (&from, &to), &want);
+    for p in &mut engine {
+        p.kill();
+    }
+
+    let replay_from = (now - 36 * 3_600_000).to_string();
+    let out = setup.run(&["replay", "--from", &replay_from, "-w", "2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("switched from generation 1 to 2"), "{text}");
+    let replayed = query_all(&setup, &d.sites, (&from, &to)).expect("query after replay");
+    assert_eq!(
+        replayed, full,
+        "the replayed generation equals the full run"
+    );
+}
