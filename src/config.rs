@@ -117,22 +117,11 @@ impl Default for EngineConfig {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// The query API; empty serves it on the collector's listener.
     pub listen: String,
-    /// Bearer token for `/api/v1/admin/*`; empty disables admin actions.
-    pub admin_token: String,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        ApiConfig {
-            listen: String::new(),
-            admin_token: String::new(),
-        }
-    }
 }
 
 impl Config {

@@ -67,13 +67,13 @@ fn label(ts: i64, granularity: &str, tz: Tz) -> String {
 }
 
 type Table = BTreeMap<(usize, String, String), [i64; 3]>;
+type Tally = (i64, i64, BTreeSet<String>);
 
 /// The oracle: pageviews, events and distinct visitors per site, granularity and bucket,
 /// counting each event id once.
 fn oracle(events: &[(usize, Value)], sites: &[Site]) -> Table {
     let mut seen = BTreeSet::new();
-    let mut counts: BTreeMap<(usize, String, String), (i64, i64, BTreeSet<String>)> =
-        BTreeMap::new();
+    let mut counts: BTreeMap<(usize, String, String), Tally> = BTreeMap::new();
     for (site, e) in events {
         if !seen.insert((*site, e["event_id"].as_str().unwrap().to_string())) {
             continue;

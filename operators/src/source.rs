@@ -72,6 +72,12 @@ pub fn wall_clock_ms() -> Millis {
 /// frontier passes the timely time at which this record was sent.
 pub type PartitionProgress = (u32, u64);
 
+/// The source's outputs: the records as a collection, and per-partition progress.
+pub type SourceStreams<'scope, D> = (
+    VecCollection<'scope, u64, D, isize>,
+    Stream<'scope, u64, Vec<PartitionProgress>>,
+);
+
 /// Builds a source in `scope`; `make_reader(worker_index, peers)` opens the reader for the
 /// partitions that worker owns.
 ///
@@ -115,10 +121,7 @@ pub fn log_source<'scope, R, F>(
     name: &str,
     config: SourceConfig,
     make_reader: F,
-) -> (
-    VecCollection<'scope, u64, R::Item, isize>,
-    Stream<'scope, u64, Vec<PartitionProgress>>,
-)
+) -> SourceStreams<'scope, R::Item>
 where
     R: PartitionReader,
     R::Item: Clone + 'static,
