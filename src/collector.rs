@@ -513,6 +513,13 @@ fn client_info(
         .untuple_one()
 }
 
+fn parse_json(body: &Bytes) -> Result<Value, Box<warp::reply::Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        let reason = format!("body is not valid JSON: {e}");
+        Box::new(error_reply(StatusCode::BAD_REQUEST, &reason, None))
+    })
+}
+
 /// The ingest routes.
 pub fn routes(
     collector: Arc<Collector>,
@@ -526,15 +533,9 @@ pub fn routes(
         .then(move |body: Bytes, ip: Option<IpAddr>, ua: String| {
             let c = c1.clone();
             async move {
-                let raw: Value = match serde_json::from_slice(&body) {
+                let raw = match parse_json(&body) {
                     Ok(v) => v,
-                    Err(e) => {
-                        return error_reply(
-                            StatusCode::BAD_REQUEST,
-                            &format!("body is not valid JSON: {e}"),
-                            None,
-                        )
-                    }
+                    Err(reply) => return *reply,
                 };
                 match c.ingest(std::slice::from_ref(&raw), ip, &ua).await.pop() {
                     Some(Ok(id)) => warp::reply::with_status(
@@ -555,15 +556,9 @@ pub fn routes(
         .then(move |body: Bytes, ip: Option<IpAddr>, ua: String| {
             let c = c2.clone();
             async move {
-                let raw: Value = match serde_json::from_slice(&body) {
+                let raw = match parse_json(&body) {
                     Ok(v) => v,
-                    Err(e) => {
-                        return error_reply(
-                            StatusCode::BAD_REQUEST,
-                            &format!("body is not valid JSON: {e}"),
-                            None,
-                        )
-                    }
+                    Err(reply) => return *reply,
                 };
                 let Some(events) = raw.get("events").and_then(|e| e.as_array()) else {
                     return error_reply(

@@ -121,7 +121,8 @@ pub fn transactional_sink<'scope, K, V, B, S>(
     let mut dirty: BTreeMap<K, Option<V>> = BTreeMap::new();
     let mut offsets: BTreeMap<u32, u64> = BTreeMap::new();
     let mut offsets_dirty = false;
-    let mut holding = !config.hold_until.is_empty();
+    // Only worker 0 receives updates; the others have nothing to hold or replace.
+    let mut holding = scope.index() == 0 && !config.hold_until.is_empty();
     let mut replace_next = holding;
     let mut last_commit: Option<Instant> = None;
     // Set once the input is exhausted and the last batch is committed; until then the operator
@@ -176,9 +177,8 @@ pub fn transactional_sink<'scope, K, V, B, S>(
             pending_progress.drain(..).partition(|(t, _)| complete(*t));
         pending_progress = rest;
         for (_, (partition, next)) in ready {
-            let entry = offsets.entry(partition).or_insert(0);
-            if next > *entry || !offsets_dirty {
-                *entry = next;
+            if offsets.get(&partition).is_none_or(|o| next > *o) {
+                offsets.insert(partition, next);
                 offsets_dirty = true;
             }
         }

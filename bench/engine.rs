@@ -1,0 +1,96 @@
+//! Engine throughput from an in-memory source: events per second through the whole pipeline
+//! (expiry, dedupe, every registered family), with 1 and 2 worker threads.
+//!
+//!     cargo bench --bench engine -- [events]
+//!
+//! Events are fed in epochs of 10 000 (time advances per batch, never per event), spread over
+//! 200 sites and 50 000 visitors, with event times over one day.
+
+use std::time::{Duration, Instant};
+
+use clickflow_dataflows::{pipeline, Event, Settings};
+use differential_dataflow::input::Input;
+
+fn event(i: usize, base: i64) -> Event {
+    let site = i % 200;
+    Event {
+        site: format!("site{site}"),
+        event_id: format!("e{i}"),
+        name: if i.is_multiple_of(4) {
+            "signup".into()
+        } else {
+            "pageview".into()
+        },
+        ts: base + (i as i64 * 17) % 86_400_000,
+        received: base + 86_400_000,
+        visitor: (i as u64 * 2_654_435_761) % 50_000,
+        url: format!("https://site{site}.test/p{}", i % 50),
+        referrer: None,
+        props: Vec::new(),
+        revenue: None,
+        tz: if site.is_multiple_of(2) {
+            "UTC".into()
+        } else {
+            "Europe/Paris".into()
+        },
+    }
+}
+
+fn run(workers: usize, total: usize) -> Duration {
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, events) = scope.new_collection::<Event, isize>();
+            let (probe, _) = pipeline::metrics(events, &Settings::default()).probe();
+            (input, probe)
+        });
+        let base = 1_795_400_000_000i64;
+        let start = Instant::now();
+        let mut epoch = (base + 86_400_000) as u64;
+        let mut sent = 0usize;
+        for i in (index..total).step_by(peers) {
+            input.insert(event(i, base));
+            sent += 1;
+            if sent.is_multiple_of(10_000) {
+                epoch += 1_000;
+                input.advance_to(epoch);
+                input.flush();
+                while probe.less_than(input.time()) {
+                    worker.step();
+                }
+            }
+        }
+        input.advance_to(epoch + 1_000);
+        input.flush();
+        while probe.less_than(input.time()) {
+            worker.step();
+        }
+        start.elapsed()
+    })
+    .expect("timely");
+    guards
+        .join()
+        .into_iter()
+        .map(|r| r.expect("worker"))
+        .max()
+        .unwrap_or_default()
+}
+
+fn main() {
+    let total: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    println!(
+        "engine throughput, {total} events, all families ({} registered)",
+        clickflow_dataflows::registry::FAMILIES.len()
+    );
+    for workers in [1, 2] {
+        let elapsed = run(workers, total);
+        println!(
+            "  {workers} worker(s): {:>8.0} events/s  ({:.2} s)",
+            total as f64 / elapsed.as_secs_f64(),
+            elapsed.as_secs_f64()
+        );
+    }
+}
