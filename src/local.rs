@@ -49,10 +49,33 @@ fn run_pg(bin: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
         .with_context(|| format!("running {}", bin.display()))
 }
 
+/// As root, the server runs as the `postgres` user, which cannot enter private directories
+/// such as `/root` or a 0700 temporary directory: such a data folder moves to
+/// `/var/tmp/clickflow-pg/<hash of the path>` (said in the log), everything else stays put.
+fn reachable_by_postgres(dir: &Path) -> anyhow::Result<PathBuf> {
+    if !is_root() {
+        return Ok(dir.to_owned());
+    }
+    let ok = Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir.parent().unwrap_or(dir))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        return Ok(dir.to_owned());
+    }
+    let hash = format!("{:08x}", crc32fast::hash(dir.to_string_lossy().as_bytes()));
+    let moved = PathBuf::from("/var/tmp/clickflow-pg").join(hash);
+    std::fs::create_dir_all(&moved)?;
+    tracing::info!(requested = %dir.display(), using = %moved.display(), "postgres cannot enter the data folder's parent; using another");
+    Ok(moved)
+}
+
 /// Starts (initialising if needed) a Postgres in `dir` on `port` and returns its URL.
 pub fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)?;
-    let dir = dir.canonicalize()?;
+    let dir = reachable_by_postgres(&dir.canonicalize()?)?;
     let d = dir.to_string_lossy().to_string();
     if is_root() {
         Command::new("chown")
@@ -87,7 +110,7 @@ pub fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<String> {
 }
 
 pub fn stop_postgres(dir: &Path) {
-    if let Ok(dir) = dir.canonicalize() {
+    if let Ok(dir) = dir.canonicalize().and_then(|d| reachable_by_postgres(&d).map_err(std::io::Error::other)) {
         let _ = run_pg(
             "pg_ctl",
             &["-D", &dir.to_string_lossy(), "-m", "fast", "stop"],
