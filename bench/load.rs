@@ -23,7 +23,10 @@ impl Drop for Killed {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -34,7 +37,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let seconds = args.first().copied().unwrap_or(20);
     let clients = args.get(1).copied().unwrap_or(4) as usize;
     let rate = args.get(2).copied().unwrap_or(0);
@@ -53,7 +59,10 @@ fn main() -> anyhow::Result<()> {
                 .args(args)
                 .env("DATABASE_URL", &db)
                 .env("CLICKFLOW__LOG__KIND", "embedded")
-                .env("CLICKFLOW__LOG__DIR", format!("{:?}", scratch.path().join("log").display().to_string()))
+                .env(
+                    "CLICKFLOW__LOG__DIR",
+                    format!("{:?}", scratch.path().join("log").display().to_string()),
+                )
                 .env("CLICKFLOW__COLLECTOR__LISTEN", format!("{listen:?}"))
                 .env("CLICKFLOW__ENGINE__EPOCH_MS", "100")
                 .env("CLICKFLOW__ENGINE__COMMIT_INTERVAL_MS", "100")
@@ -67,8 +76,16 @@ fn main() -> anyhow::Result<()> {
     let http = reqwest::blocking::Client::new();
     let health = format!("http://{listen}/healthz");
     let started = Instant::now();
-    while !http.get(&health).send().map(|r| r.status().is_success()).unwrap_or(false) {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "server did not start");
+    while !http
+        .get(&health)
+        .send()
+        .map(|r| r.status().is_success())
+        .unwrap_or(false)
+    {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "server did not start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -79,12 +96,21 @@ fn main() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let today = chrono::Utc::now();
     let range = [
-        (today - chrono::Duration::days(1)).format("%Y-%m-%d").to_string(),
-        (today + chrono::Duration::days(1)).format("%Y-%m-%d").to_string(),
+        (today - chrono::Duration::days(1))
+            .format("%Y-%m-%d")
+            .to_string(),
+        (today + chrono::Duration::days(1))
+            .format("%Y-%m-%d")
+            .to_string(),
     ];
     let prober = {
         let (visible, stop, http) = (visible.clone(), stop.clone(), http.clone());
-        let (url, key, site_id, range) = (format!("http://{listen}/api/v1/query"), site.api_key.clone(), site.id.clone(), range.clone());
+        let (url, key, site_id, range) = (
+            format!("http://{listen}/api/v1/query"),
+            site.api_key.clone(),
+            site.id.clone(),
+            range.clone(),
+        );
         std::thread::spawn(move || {
             let body = json!({"site_id": site_id, "metrics": ["events"], "date_range": range});
             while !stop.load(Ordering::Relaxed) {
@@ -140,7 +166,15 @@ fn main() -> anyhow::Result<()> {
     let total = acked.load(Ordering::SeqCst);
     // Let the engine finish what was acknowledged, then stop probing.
     let drain_start = Instant::now();
-    while visible.lock().expect("lock").last().map(|v| v.1).unwrap_or(0) < total && drain_start.elapsed() < Duration::from_secs(120) {
+    while visible
+        .lock()
+        .expect("lock")
+        .last()
+        .map(|v| v.1)
+        .unwrap_or(0)
+        < total
+        && drain_start.elapsed() < Duration::from_secs(120)
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     stop.store(true, Ordering::Relaxed);
@@ -151,12 +185,24 @@ fn main() -> anyhow::Result<()> {
         .lock()
         .expect("lock")
         .iter()
-        .filter_map(|(t, cum)| visible.iter().find(|(vt, n)| vt >= t && n >= cum).map(|(vt, _)| (*vt - *t).as_secs_f64() * 1000.0))
+        .filter_map(|(t, cum)| {
+            visible
+                .iter()
+                .find(|(vt, n)| vt >= t && n >= cum)
+                .map(|(vt, _)| (*vt - *t).as_secs_f64() * 1000.0)
+        })
         .collect();
     fresh.sort_by(|a, b| a.total_cmp(b));
-    let offered = if rate > 0 { format!("{rate} events/s offered") } else { "as fast as possible".into() };
+    let offered = if rate > 0 {
+        format!("{rate} events/s offered")
+    } else {
+        "as fast as possible".into()
+    };
     println!("end-to-end load: {seconds} s, {clients} client threads, {offered}, batches of 100, embedded log (fsync), engine -w 2");
-    println!("  accepted:   {total} events, {:.0} events/s sustained", total as f64 / load_secs);
+    println!(
+        "  accepted:   {total} events, {:.0} events/s sustained",
+        total as f64 / load_secs
+    );
     println!(
         "  freshness:  p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (202 → visible in /api/v1/query, {} batches)",
         percentile(&fresh, 0.5),
@@ -164,7 +210,10 @@ fn main() -> anyhow::Result<()> {
         fresh.last().copied().unwrap_or(f64::NAN),
         fresh.len()
     );
-    println!("  all visible: {}", visible.last().map(|v| v.1 == total).unwrap_or(false));
+    println!(
+        "  all visible: {}",
+        visible.last().map(|v| v.1 == total).unwrap_or(false)
+    );
     drop(_engine);
     drop(_server);
     clickflow::local::stop_postgres(&scratch.path().join("pg"));

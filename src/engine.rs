@@ -203,6 +203,14 @@ pub fn run(
         min_commit_interval: Duration::from_millis(config.engine.commit_interval_ms),
     };
     let db_url = config.database.url.clone();
+    let stop_watching = Arc::new(AtomicBool::new(false));
+    // An idle live job commits nothing, so it would never learn from the sink that a replay
+    // retired its generation; this watcher makes the old job stop within seconds.
+    let watcher = plan.live.then(|| {
+        let (url, generation) = (db_url.clone(), plan.generation);
+        let (retired, stop) = (retired.clone(), stop_watching.clone());
+        std::thread::spawn(move || watch_generation(&url, generation, &retired, &stop))
+    });
     let (retired_w, failed_w) = (retired.clone(), failed.clone());
     let guards = timely::execute(timely_config, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
@@ -252,14 +260,22 @@ pub fn run(
         });
         while worker.step_or_park(Some(Duration::from_millis(50))) {
             if retired_w.load(Ordering::SeqCst) {
+                // timely keeps stepping installed dataflows after this closure returns; a
+                // live dataflow never completes, so it has to be dropped to stop.
+                for dataflow in worker.installed_dataflows() {
+                    worker.drop_dataflow(dataflow);
+                }
                 break;
             }
         }
     })
     .map_err(|e| anyhow::anyhow!("starting timely: {e}"))?;
-    for r in guards.join() {
-        r.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
+    let joined: Result<Vec<()>, String> = guards.join().into_iter().collect();
+    stop_watching.store(true, Ordering::SeqCst);
+    if let Some(w) = watcher {
+        let _ = w.join();
     }
+    joined.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
     if let Some(e) = failed.lock().take() {
         anyhow::bail!(e);
     }
@@ -267,6 +283,28 @@ pub fn run(
         return Ok(Outcome::Retired);
     }
     Ok(Outcome::Finished)
+}
+
+fn watch_generation(url: &str, generation: i32, retired: &AtomicBool, stop: &AtomicBool) {
+    let mut client: Option<Client> = None;
+    while !stop.load(Ordering::SeqCst) && !retired.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(500));
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = store::connect(url).ok();
+        }
+        if let Some(c) = client.as_mut() {
+            if let Ok(active) = store::active_generation(c) {
+                if active != generation {
+                    tracing::info!(
+                        generation,
+                        active,
+                        "a replay switched readers; stopping this job"
+                    );
+                    retired.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
 }
 
 /// Builds timely's configuration from the standard flags.

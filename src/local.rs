@@ -110,7 +110,10 @@ pub fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<String> {
 }
 
 pub fn stop_postgres(dir: &Path) {
-    if let Ok(dir) = dir.canonicalize().and_then(|d| reachable_by_postgres(&d).map_err(std::io::Error::other)) {
+    if let Ok(dir) = dir
+        .canonicalize()
+        .and_then(|d| reachable_by_postgres(&d).map_err(std::io::Error::other))
+    {
         let _ = run_pg(
             "pg_ctl",
             &["-D", &dir.to_string_lossy(), "-m", "fast", "stop"],

@@ -125,7 +125,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             database_url(&config)?;
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(serve(config, None))?;
+            rt.block_on(serve(config, None, None))?;
         }
         Command::Engine {
             workers,
@@ -135,7 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => {
             let timely = engine::timely_config(workers, processes, process, hostfile.as_deref())?;
-            let log = log::open(&config.log)?;
+            let log = log::open(&config.log, log::Access::Read)?;
             let plan = engine::plan_live(
                 &mut store::connect(&database_url(&config)?)?,
                 log.as_ref(),
@@ -182,7 +182,7 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
 fn replay(config: &Config, from: &str, workers: usize) -> anyhow::Result<()> {
     let from_ms = parse_time(from)?;
     let url = database_url(config)?;
-    let log = log::open(&config.log)?;
+    let log = log::open(&config.log, log::Access::Read)?;
     let mut client = store::connect(&url)?;
     let plan = engine::plan_replay(&mut client, log.as_ref(), from_ms)?;
     let total: u64 = plan
@@ -255,9 +255,13 @@ fn replay(config: &Config, from: &str, workers: usize) -> anyhow::Result<()> {
 
 async fn serve(
     config: Config,
+    log: Option<Arc<dyn log::Log>>,
     collector_hook: Option<tokio::sync::oneshot::Sender<Arc<Collector>>>,
 ) -> anyhow::Result<()> {
-    let log = log::open(&config.log)?;
+    let log = match log {
+        Some(l) => l,
+        None => log::open(&config.log, log::Access::Append)?,
+    };
     let pool = api::pool(&config.database.url, config.database.pool_size)?;
     let collector = Arc::new(Collector::new(
         config.collector.clone(),
@@ -309,10 +313,12 @@ fn up(config: Config, demo: bool, workers: usize) -> anyhow::Result<()> {
             (s.id, s.api_key)
         }
     };
+    // Opened before the engine starts, so the engine always finds the log it reads.
+    let ingest_log = log::open(&config.log, log::Access::Append)?;
     let engine_config = config.clone();
     std::thread::spawn(move || loop {
         let attempt = (|| -> anyhow::Result<Outcome> {
-            let log = log::open(&engine_config.log)?;
+            let log = log::open(&engine_config.log, log::Access::Read)?;
             let plan = engine::plan_live(
                 &mut store::connect(&engine_config.database.url)?,
                 log.as_ref(),
@@ -352,7 +358,7 @@ fn up(config: Config, demo: bool, workers: usize) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let server = tokio::spawn(serve(config, Some(tx)));
+        let server = tokio::spawn(serve(config, Some(ingest_log), Some(tx)));
         if demo {
             if let Ok(collector) = rx.await {
                 tokio::spawn(local::demo_traffic(collector, site.0.clone()));

@@ -138,7 +138,7 @@ fn every_error_case_has_its_status_and_nothing_is_lost_or_doubled() {
 
     // Exactly the accepted events are in the log.
     server.kill();
-    let log = clickflow::log::embedded::EmbeddedLog::open(&log_dir, 4, true).unwrap();
+    let log = clickflow::log::embedded::EmbeddedLog::open_read_only(&log_dir).unwrap();
     use clickflow::log::Log;
     let total: u64 = (0..log.partitions().unwrap())
         .map(|p| log.high_watermark(p).unwrap())

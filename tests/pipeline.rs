@@ -189,7 +189,8 @@ struct Deployment {
     scratch: tempfile::TempDir,
 }
 
-fn deploy(log: LogChoice) -> Deployment {
+/// Database, schema and two sites, without the collector yet.
+fn prepare(log: LogChoice) -> (Setup, Vec<Site>) {
     let db = fresh_database();
     let setup = Setup::new(&db, &log);
     setup.run(&["migrate"]);
@@ -204,6 +205,10 @@ fn deploy(log: LogChoice) -> Deployment {
             }
         })
         .collect();
+    (setup, sites)
+}
+
+fn start(setup: Setup, sites: Vec<Site>) -> Deployment {
     let server = setup.spawn(&["serve"]);
     setup.wait_healthy();
     Deployment {
@@ -212,6 +217,11 @@ fn deploy(log: LogChoice) -> Deployment {
         _server: server,
         scratch: tempfile::tempdir().unwrap(),
     }
+}
+
+fn deploy(log: LogChoice) -> Deployment {
+    let (setup, sites) = prepare(log);
+    start(setup, sites)
 }
 
 fn kafka() -> LogChoice {
@@ -278,7 +288,7 @@ fn killing_the_engine_mid_stream_loses_nothing_and_counts_nothing_twice() {
 }
 
 #[test]
-fn replay_from_mid_history_equals_a_full_run() {
+fn replay_from_mid_history_equals_a_full_run_and_the_live_job_follows_it() {
     use clickflow::log::embedded::EmbeddedLog;
     use clickflow::log::{Append, Log};
     use clickflow_dataflows::Event;
@@ -287,13 +297,10 @@ fn replay_from_mid_history_equals_a_full_run() {
     let log_dir = scratch.path().join("log");
     // Three days of history with events up to two hours late; buckets seal (and their state
     // expires) six hours after they end, long before the run catches up with the present.
-    let d = deploy(LogChoice::Embedded {
+    let (setup, sites) = prepare(LogChoice::Embedded {
         dir: log_dir.clone(),
     });
-    let setup = d
-        .setup
-        .clone()
-        .with("CLICKFLOW__COLLECTOR__LATENESS_SECS", "21600");
+    let setup = setup.with("CLICKFLOW__COLLECTOR__LATENESS_SECS", "21600");
     let now = Utc::now().timestamp_millis();
     let mut rng = StdRng::seed_from_u64(4);
     let mut history: Vec<(usize, Value)> = Vec::new();
@@ -309,7 +316,7 @@ fn replay_from_mid_history_equals_a_full_run() {
         let json = json!({"name": if pageview {"pageview"} else {"signup"}, "event_id": format!("h{i}"),
                           "visitor_id": format!("v{visitor}"), "ts": ts});
         let event = Event {
-            site: d.sites[site].id.clone(),
+            site: sites[site].id.clone(),
             event_id: format!("h{i}"),
             name: json["name"].as_str().unwrap().into(),
             ts,
@@ -319,7 +326,7 @@ fn replay_from_mid_history_equals_a_full_run() {
             referrer: None,
             props: vec![],
             revenue: None,
-            tz: d.sites[site].tz.name().into(),
+            tz: sites[site].tz.name().into(),
         };
         appends.push(Append {
             key: event.site.clone(),
@@ -329,6 +336,7 @@ fn replay_from_mid_history_equals_a_full_run() {
         history.push((site, json));
         i += 1;
     }
+    // The history goes in before the collector takes the log: one writer at a time.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -339,7 +347,8 @@ fn replay_from_mid_history_equals_a_full_run() {
                 r.unwrap();
             }
         });
-    let want = oracle(&history, &d.sites);
+    let d = start(setup, sites);
+    let setup = d.setup.clone();
     let from = (Utc::now() - chrono::Duration::days(4))
         .format("%Y-%m-%d")
         .to_string();
@@ -347,11 +356,8 @@ fn replay_from_mid_history_equals_a_full_run() {
         .format("%Y-%m-%d")
         .to_string();
 
-    let mut engine = spawn_engine(&setup, 1, 2, scratch.path());
-    let full = wait_for(&setup, &d.sites, (&from, &to), &want);
-    for p in &mut engine {
-        p.kill();
-    }
+    let mut live = spawn_engine(&setup, 1, 2, scratch.path());
+    let full = wait_for(&setup, &d.sites, (&from, &to), &oracle(&history, &d.sites));
 
     let replay_from = (now - 36 * 3_600_000).to_string();
     let out = setup.run(&["replay", "--from", &replay_from, "-w", "2"]);
@@ -361,5 +367,33 @@ fn replay_from_mid_history_equals_a_full_run() {
     assert_eq!(
         replayed, full,
         "the replayed generation equals the full run"
+    );
+
+    // The old job notices the switch and stops with its documented exit code.
+    let exit = eventually(Duration::from_secs(30), || {
+        live[0].0.try_wait().ok().flatten()
+    })
+    .expect("live job stops");
+    assert_eq!(exit.code(), Some(3), "retired engine exits with code 3");
+
+    // Restarted, the job continues on the new generation from the replay's offsets.
+    let _live = spawn_engine(&setup, 1, 2, scratch.path());
+    let fresh: Vec<(usize, Value)> = (0..30)
+        .map(|k| (k % 2, json!({"name": "pageview", "url": "https://x.test/new", "event_id": format!("n{k}"), "visitor_id": format!("new-{k}")})))
+        .collect();
+    let fresh: Vec<(usize, Value)> = fresh
+        .into_iter()
+        .map(|(s, mut e)| {
+            e["ts"] = json!(Utc::now().timestamp_millis());
+            (s, e)
+        })
+        .collect();
+    send(&setup, &d.sites, &fresh);
+    let everything: Vec<(usize, Value)> = history.into_iter().chain(fresh).collect();
+    wait_for(
+        &setup,
+        &d.sites,
+        (&from, &to),
+        &oracle(&everything, &d.sites),
     );
 }

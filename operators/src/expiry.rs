@@ -60,7 +60,10 @@ impl<'scope, D: Clone + 'static> Expire<'scope, D> for VecCollection<'scope, u64
                                 if held.as_ref().is_none_or(|h| *h.time() > until) {
                                     held = Some(cap.delayed(&until.max(earliest), 0));
                                 }
-                                pending.entry(until).or_default().push((record.clone(), -diff));
+                                pending
+                                    .entry(until)
+                                    .or_default()
+                                    .push((record.clone(), -diff));
                             }
                             session.give((record, time, diff));
                         }
@@ -72,7 +75,9 @@ impl<'scope, D: Clone + 'static> Expire<'scope, D> for VecCollection<'scope, u64
                         }
                         let retractions = pending.pop_first().map(|(_, r)| r).unwrap_or_default();
                         let at = cap.delayed(&time);
-                        output.session(&at).give_iterator(retractions.into_iter().map(|(d, r)| (d, time, r)));
+                        output
+                            .session(&at)
+                            .give_iterator(retractions.into_iter().map(|(d, r)| (d, time, r)));
                     }
                     match pending.first_key_value() {
                         Some((&next, _)) => cap.downgrade(&next),

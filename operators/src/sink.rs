@@ -27,7 +27,8 @@ pub struct CommitBatch<K, V> {
     pub deletes: Vec<K>,
     /// The next offset per partition, as of `frontier`.
     pub progress: Vec<PartitionProgress>,
-    /// Every ingest time before this one is reflected in the batch.
+    /// Every ingest time before this one is reflected in the batch. A finished bounded run
+    /// reports the time just past the latest record it read.
     pub frontier: u64,
     /// Set on the first commit after a restart: rows of buckets starting at or after this
     /// instant that are still open at `frontier` are replaced by `upserts` wholesale, which
@@ -121,10 +122,15 @@ pub fn transactional_sink<'scope, K, V, B, S>(
     let mut dirty: BTreeMap<K, Option<V>> = BTreeMap::new();
     let mut offsets: BTreeMap<u32, u64> = BTreeMap::new();
     let mut offsets_dirty = false;
+    // The ingest time just past the latest record read: what a finished (bounded) run
+    // commits as its frontier, since its input frontier is empty.
+    let mut read_until: u64 = 0;
     // Only worker 0 receives updates; the others have nothing to hold or replace.
     let mut holding = scope.index() == 0 && !config.hold_until.is_empty();
     let mut replace_next = holding;
     let mut last_commit: Option<Instant> = None;
+    // After a failed commit, no new attempt before this instant, however often we run.
+    let mut retry_at: Option<Instant> = None;
     // Set once the input is exhausted and the last batch is committed; until then the operator
     // reports itself incomplete so timely keeps it (and a retrying final commit) alive.
     let done = std::rc::Rc::new(std::cell::Cell::new(false));
@@ -176,7 +182,8 @@ pub fn transactional_sink<'scope, K, V, B, S>(
         let (ready, rest): (Vec<_>, Vec<_>) =
             pending_progress.drain(..).partition(|(t, _)| complete(*t));
         pending_progress = rest;
-        for (_, (partition, next)) in ready {
+        for (time, (partition, next)) in ready {
+            read_until = read_until.max(time + 1);
             if offsets.get(&partition).is_none_or(|o| next > *o) {
                 offsets.insert(partition, next);
                 offsets_dirty = true;
@@ -200,6 +207,13 @@ pub fn transactional_sink<'scope, K, V, B, S>(
             done.set(finished);
             return;
         }
+        if let Some(at) = retry_at {
+            let now = Instant::now();
+            if now < at {
+                activator.activate_after(at - now);
+                return;
+            }
+        }
         if let (Some(last), false) = (last_commit, finished) {
             let elapsed = last.elapsed();
             if elapsed < config.min_commit_interval {
@@ -211,7 +225,7 @@ pub fn transactional_sink<'scope, K, V, B, S>(
             upserts: Vec::new(),
             deletes: Vec::new(),
             progress: offsets.iter().map(|(p, o)| (*p, *o)).collect(),
-            frontier: frontier.unwrap_or(u64::MAX),
+            frontier: frontier.unwrap_or(read_until),
             replace_from: replace_next.then_some(config.write_from),
         };
         for (key, value) in &dirty {
@@ -222,6 +236,7 @@ pub fn transactional_sink<'scope, K, V, B, S>(
         }
         match target.commit(&batch) {
             Ok(()) => {
+                retry_at = None;
                 dirty.clear();
                 offsets_dirty = false;
                 replace_next = false;
@@ -237,8 +252,9 @@ pub fn transactional_sink<'scope, K, V, B, S>(
                 done.set(finished);
             }
             Err(e) => {
-                // Nothing was written; everything stays dirty and is retried.
-                tracing::warn!(error = %e, "sink commit failed; retrying");
+                // Nothing was written; everything stays dirty and is retried after a pause.
+                tracing::warn!(error = %e, "sink commit failed; retrying in 500 ms");
+                retry_at = Some(Instant::now() + Duration::from_millis(500));
                 activator.activate_after(Duration::from_millis(500));
             }
         }

@@ -24,6 +24,7 @@ use super::{partition_for, Ack, Append, Log, LogError, LogReader, LogResult, Rec
 const INDEX_ENTRY: u64 = 24;
 const HEADER: usize = 8;
 const META: &str = "partitions";
+const LOCK: &str = "writer.lock";
 
 struct PartitionWriter {
     data: File,
@@ -38,14 +39,26 @@ pub struct EmbeddedLog {
     dir: PathBuf,
     partitions: u32,
     fsync: bool,
+    /// Empty for a read-only handle.
     writers: Vec<Arc<Mutex<PartitionWriter>>>,
+    /// Held for the life of a writable handle: writers cache the next offset, so a second
+    /// writer (in any process) would overwrite records.
+    _lock: Option<Arc<File>>,
 }
 
 impl EmbeddedLog {
-    /// Opens (creating if needed) a log with `partitions` partitions under `dir`. An existing
-    /// log keeps the partition count it was created with.
+    /// Opens (creating if needed) a log with `partitions` partitions under `dir` for writing.
+    /// An existing log keeps the partition count it was created with. Only one writable handle
+    /// may exist at a time, across processes.
     pub fn open(dir: &Path, partitions: u32, fsync: bool) -> LogResult<EmbeddedLog> {
         std::fs::create_dir_all(dir)?;
+        let lock = File::create(dir.join(LOCK))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(LogError::Unavailable(format!(
+                "the embedded log at {} is already open for writing ({e}); one collector per log directory",
+                dir.display()
+            )));
+        }
         let meta = dir.join(META);
         let partitions = match std::fs::read_to_string(&meta) {
             Ok(s) => s
@@ -66,10 +79,42 @@ impl EmbeddedLog {
             partitions,
             fsync,
             writers,
+            _lock: Some(Arc::new(lock)),
+        })
+    }
+
+    /// Opens an existing log for reading only (the engine, replays), beside its writer.
+    pub fn open_read_only(dir: &Path) -> LogResult<EmbeddedLog> {
+        let meta = dir.join(META);
+        let text = std::fs::read_to_string(&meta).map_err(|_| {
+            LogError::Unavailable(format!(
+                "no embedded log at {} yet: start the collector first",
+                dir.display()
+            ))
+        })?;
+        let partitions = text
+            .trim()
+            .parse()
+            .map_err(|_| LogError::Corrupt(format!("bad {}", meta.display())))?;
+        Ok(EmbeddedLog {
+            dir: dir.to_owned(),
+            partitions,
+            fsync: false,
+            writers: Vec::new(),
+            _lock: None,
         })
     }
 
     fn append_blocking(&self, records: Vec<Append>) -> Vec<LogResult<Ack>> {
+        if self.writers.is_empty() {
+            let read_only = || {
+                Err(LogError::Unavailable(format!(
+                    "{} is open read-only",
+                    self.dir.display()
+                )))
+            };
+            return records.iter().map(|_| read_only()).collect();
+        }
         let mut by_partition: BTreeMap<u32, Vec<(usize, Append)>> = BTreeMap::new();
         let n = records.len();
         for (i, r) in records.into_iter().enumerate() {

@@ -84,15 +84,23 @@ pub fn partition_for(key: &str, partitions: u32) -> u32 {
     crc32fast::hash(key.as_bytes()) % partitions.max(1)
 }
 
-/// Opens the log the configuration names.
-pub fn open(config: &LogConfig) -> anyhow::Result<Arc<dyn Log>> {
-    Ok(match config.kind.as_str() {
-        "embedded" => Arc::new(embedded::EmbeddedLog::open(
+/// Opens the log the configuration names: for appending (the collector) or for reading only
+/// (the engine and replays, which may run beside the collector).
+pub fn open(config: &LogConfig, access: Access) -> anyhow::Result<Arc<dyn Log>> {
+    Ok(match (config.kind.as_str(), access) {
+        ("embedded", Access::Append) => Arc::new(embedded::EmbeddedLog::open(
             &config.dir,
             config.partitions,
             config.fsync,
         )?),
-        "kafka" => Arc::new(kafka::KafkaLog::connect(&config.brokers, &config.topic)?),
-        other => anyhow::bail!("log.kind must be \"embedded\" or \"kafka\", not {other:?}"),
+        ("embedded", Access::Read) => Arc::new(embedded::EmbeddedLog::open_read_only(&config.dir)?),
+        ("kafka", _) => Arc::new(kafka::KafkaLog::connect(&config.brokers, &config.topic)?),
+        (other, _) => anyhow::bail!("log.kind must be \"embedded\" or \"kafka\", not {other:?}"),
     })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Append,
+    Read,
 }
