@@ -51,6 +51,9 @@ enum Command {
         process: usize,
         #[arg(short = 'h', long = "hostfile")]
         hostfile: Option<String>,
+        /// Serve /metrics and /healthz for this engine process on this address.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
         #[arg(long, action = clap::ArgAction::Help)]
         help: Option<bool>,
     },
@@ -132,8 +135,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             processes,
             process,
             hostfile,
+            metrics_listen,
             ..
         } => {
+            if let Some(addr) = metrics_listen {
+                serve_engine_metrics(addr)?;
+            }
             let timely = engine::timely_config(workers, processes, process, hostfile.as_deref())?;
             let log = log::open(&config.log, log::Access::Read)?;
             let plan = engine::plan_live(
@@ -167,6 +174,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             result?;
         }
     }
+    Ok(())
+}
+
+/// `/metrics` and `/healthz` of an engine process, on a small runtime of their own so the
+/// timely workers keep both cores' worth of threads to themselves.
+fn serve_engine_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("--metrics-listen {addr}"))?;
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let metrics = warp::path!("metrics").map(|| {
+                warp::reply::with_header(
+                    clickflow::metrics::render(),
+                    "content-type",
+                    "text/plain; version=0.0.4",
+                )
+            });
+            let health = warp::path!("healthz").map(|| {
+                warp::reply::json(&serde_json::json!({
+                    "status": "ok",
+                    "committed_frontier_ms": clickflow::metrics::SINK_FRONTIER.get(),
+                }))
+            });
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => {
+                    warp::serve(warp::get().and(metrics.or(health)))
+                        .incoming(l)
+                        .run()
+                        .await
+                }
+                Err(e) => tracing::error!(error = %e, "metrics listener"),
+            }
+        })
+    });
     Ok(())
 }
 

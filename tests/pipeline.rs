@@ -282,9 +282,26 @@ fn killing_the_engine_mid_stream_loses_nothing_and_counts_nothing_twice() {
         p.kill(); // SIGKILL: no chance to flush anything
     }
     send(&d.setup, &d.sites, &b[..b.len() / 2]);
-    let _engine = spawn_engine(&d.setup, 1, 2, d.scratch.path());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _engine = d
+        .setup
+        .spawn(&["engine", "-w", "2", "--metrics-listen", &metrics]);
     send(&d.setup, &d.sites, &b[b.len() / 2..]);
     wait_for(&d.setup, &d.sites, (&from, &to), &oracle(&events, &d.sites));
+
+    // The restarted engine reports its work on /metrics and /healthz.
+    let text = reqwest::blocking::get(format!("http://{metrics}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    let rows: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("clickflow_sink_rows_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sink rows metric in:\n{text}"));
+    assert!(rows > 0.0, "{text}");
+    let health = reqwest::blocking::get(format!("http://{metrics}/healthz")).unwrap();
+    assert_eq!(health.status().as_u16(), 200);
 }
 
 #[test]
