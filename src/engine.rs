@@ -227,6 +227,8 @@ pub fn run(
             Ok(r) => r,
             Err(e) => {
                 *failed_w.lock() = Some(format!("worker {index}: opening the log: {e}"));
+                // The stop signal the other workers already watch; `run` reports the failure.
+                retired_w.store(true, Ordering::SeqCst);
                 return;
             }
         };

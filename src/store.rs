@@ -86,6 +86,8 @@ pub fn redact(url: &str) -> String {
 
 /// Creates the schema (idempotent) and the first generation.
 pub fn migrate(client: &mut Client) -> anyhow::Result<Layout> {
+    // Re-running is normal; "already exists, skipping" notices are not news.
+    client.batch_execute("SET client_min_messages = warning")?;
     client.batch_execute(SCHEMA).context("creating tables")?;
     let has_timescale: bool = client
         .query_one(

@@ -130,10 +130,8 @@ where
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address.clone());
-    let (data_out, data) = builder.new_output::<Vec<(R::Item, u64, isize)>>();
-    let (progress_out, progress) = builder.new_output::<Vec<PartitionProgress>>();
-    let mut data_out = data_out;
-    let mut progress_out = progress_out;
+    let (mut data_out, data) = builder.new_output::<Vec<(R::Item, u64, isize)>>();
+    let (mut progress_out, progress) = builder.new_output::<Vec<PartitionProgress>>();
 
     let mut reader = make_reader(scope.index(), scope.peers());
     builder.build(move |mut caps| {
@@ -166,8 +164,9 @@ where
                 data_out.activate().give(&*dcap, &mut out);
             }
 
+            let positions = reader.positions();
             let mut progress_by_time: BTreeMap<u64, Vec<PartitionProgress>> = BTreeMap::new();
-            for (partition, next) in reader.positions() {
+            for &(partition, next) in &positions {
                 if reported.get(&partition) != Some(&next) {
                     reported.insert(partition, next);
                     let at = sent_at.get(&partition).copied().unwrap_or(now);
@@ -192,7 +191,7 @@ where
             // from it; a caught-up partition only receives records appended from now on.
             let clock = epoch_of((config.clock)(), config.epoch_ms);
             let mut next = u64::MAX;
-            for (partition, _) in reader.positions() {
+            for &(partition, _) in &positions {
                 let bound = if reader.caught_up(partition) {
                     clock
                 } else {
@@ -207,7 +206,7 @@ where
                 dcap.downgrade(&next);
                 pcap.downgrade(&next);
             }
-            let idle = reader.positions().iter().all(|(p, _)| reader.caught_up(*p));
+            let idle = positions.iter().all(|(p, _)| reader.caught_up(*p));
             if idle {
                 activator.activate_after(Duration::from_millis(config.epoch_ms.clamp(5, 100)));
             } else {
