@@ -253,15 +253,17 @@ fn replay(config: &Config, from: &str, workers: usize) -> anyhow::Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let (bar2, status2) = (bar.clone(), status.clone());
+    let replay_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker_done = replay_done.clone();
     let end_ms = clickflow_operators::source::wall_clock_ms();
     let start_ms = plan.write_from;
     let ticker = std::thread::spawn(move || loop {
+        if ticker_done.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
         let f = status2
             .committed_frontier
             .load(std::sync::atomic::Ordering::Relaxed) as i64;
-        if f == i64::MAX || f < 0 {
-            break;
-        }
         let pct = if f > start_ms {
             ((f - start_ms) * 100 / (end_ms - start_ms).max(1)).clamp(0, 100)
         } else {
@@ -284,9 +286,7 @@ fn replay(config: &Config, from: &str, workers: usize) -> anyhow::Result<()> {
         log,
         status.clone(),
     );
-    status
-        .committed_frontier
-        .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+    replay_done.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = ticker.join();
     bar.finish_and_clear();
     outcome?;

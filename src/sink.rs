@@ -20,7 +20,8 @@ pub struct PgSink {
     live: bool,
     seal_lateness_ms: u64,
     partitioned: Option<bool>,
-    months: HashSet<i64>,
+    /// Months whose partition is known to exist (committed, so never rolled back).
+    months: HashSet<(i32, u32)>,
     pub retired: Arc<AtomicBool>,
 }
 
@@ -53,10 +54,7 @@ impl PgSink {
             .as_mut()
             .ok_or_else(|| anyhow::anyhow!("no connection"))?;
         if self.partitioned.is_none() {
-            let p: bool = client
-                .query_one("SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'rollups'::regclass)", &[])?
-                .get(0);
-            self.partitioned = Some(p);
+            self.partitioned = Some(store::layout(client)? == store::Layout::NativePartitions);
         }
         let mut tx = client.transaction()?;
         let active = store::active_generation(&mut tx)?;
@@ -78,14 +76,12 @@ impl PgSink {
                 self.generation
             );
         }
+        let mut created = HashSet::new();
         if self.partitioned == Some(true) {
             for (k, _) in &batch.upserts {
-                let month = k.bucket_start.div_euclid(28 * 86_400_000);
-                if !self.months.contains(&month) {
-                    store::ensure_partition(&mut tx, k.bucket_start)?;
-                    // Buckets of one 28-day slot can straddle two months.
-                    store::ensure_partition(&mut tx, k.bucket_start + 28 * 86_400_000)?;
-                    self.months.insert(month);
+                let month = store::partition_month(k.bucket_start)?;
+                if !self.months.contains(&month) && created.insert(month) {
+                    store::ensure_partition(&mut tx, month)?;
                 }
             }
         }
@@ -135,6 +131,8 @@ impl PgSink {
             &[&self.generation, &partitions, &offsets, &frontier],
         )?;
         tx.commit()?;
+        // Only now: a partition created in a transaction that failed does not exist.
+        self.months.extend(created);
         Ok(())
     }
 }

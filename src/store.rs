@@ -98,13 +98,13 @@ pub fn migrate(client: &mut Client) -> anyhow::Result<Layout> {
     let exists: bool = client
         .query_one("SELECT to_regclass('rollups') IS NOT NULL", &[])?
         .get(0);
-    let layout = if has_timescale {
+    let wanted = if has_timescale {
         Layout::Hypertable
     } else {
         Layout::NativePartitions
     };
     if !exists {
-        match layout {
+        match wanted {
             Layout::Hypertable => {
                 client.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")?;
                 client.batch_execute(&format!("CREATE TABLE rollups ({ROLLUPS_COLUMNS})"))?;
@@ -123,6 +123,11 @@ pub fn migrate(client: &mut Client) -> anyhow::Result<Layout> {
         "INSERT INTO generations (id, status) VALUES (1, 'live') ON CONFLICT DO NOTHING;
          INSERT INTO active_generation (generation) VALUES (1) ON CONFLICT DO NOTHING;",
     )?;
+    layout(client)
+}
+
+/// How the existing rollups table is laid out.
+pub fn layout(client: &mut impl GenericClient) -> anyhow::Result<Layout> {
     let partitioned: bool = client
         .query_one("SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'rollups'::regclass)", &[])?
         .get(0);
@@ -133,25 +138,30 @@ pub fn migrate(client: &mut Client) -> anyhow::Result<Layout> {
     })
 }
 
-/// Makes sure the monthly partition holding `bucket_ms` exists (native layout only).
-pub fn ensure_partition(client: &mut impl GenericClient, bucket_ms: i64) -> anyhow::Result<()> {
+/// The calendar month (UTC) whose partition holds a row of bucket `bucket_ms`.
+pub fn partition_month(bucket_ms: i64) -> anyhow::Result<(i32, u32)> {
     let t = DateTime::<Utc>::from_timestamp_millis(bucket_ms).context("bucket out of range")?;
-    let start = Utc
-        .with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
-        .single()
-        .context("month start")?;
-    let (ny, nm) = if t.month() == 12 {
-        (t.year() + 1, 1)
+    Ok((t.year(), t.month()))
+}
+
+/// Makes sure the partition of `(year, month)` exists (native layout only).
+pub fn ensure_partition(
+    client: &mut impl GenericClient,
+    (year, month): (i32, u32),
+) -> anyhow::Result<()> {
+    let (next_year, next_month) = if month == 12 {
+        (year + 1, 1)
     } else {
-        (t.year(), t.month() + 1)
+        (year, month + 1)
     };
-    let end = Utc
-        .with_ymd_and_hms(ny, nm, 1, 0, 0, 0)
-        .single()
-        .context("month end")?;
-    let name = format!("rollups_y{:04}m{:02}", t.year(), t.month());
+    let first = |y: i32, m: u32| {
+        Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
+            .single()
+            .context("month start")
+    };
+    let (start, end) = (first(year, month)?, first(next_year, next_month)?);
     client.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {name} PARTITION OF rollups FOR VALUES FROM ('{}') TO ('{}')",
+        "CREATE TABLE IF NOT EXISTS rollups_y{year:04}m{month:02} PARTITION OF rollups FOR VALUES FROM ('{}') TO ('{}')",
         start.to_rfc3339(),
         end.to_rfc3339()
     ))?;
