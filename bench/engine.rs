@@ -8,12 +8,21 @@
 
 use std::time::{Duration, Instant};
 
-use clickflow_dataflows::{pipeline, Event, Settings};
+use clickflow_dataflows::event::{Client, Revenue};
+use clickflow_dataflows::{pipeline, Event, Record, Settings};
 use differential_dataflow::input::Input;
 
-fn event(i: usize, base: i64) -> Event {
+/// A mix like a shop's: three pageviews to one custom event, some with props or revenue,
+/// referrers and campaigns on some visits, visitors coming back within the day.
+fn event(i: usize, base: i64) -> Record {
     let site = i % 200;
-    Event {
+    let referrers = [
+        None,
+        Some("https://www.google.com/"),
+        Some("https://t.co/x"),
+        Some("https://news.example/a"),
+    ];
+    Record::Event(Event {
         site: format!("site{site}"),
         event_id: format!("e{i}"),
         name: if i.is_multiple_of(4) {
@@ -24,23 +33,46 @@ fn event(i: usize, base: i64) -> Event {
         ts: base + (i as i64 * 17) % 86_400_000,
         received: base + 86_400_000,
         visitor: (i as u64 * 2_654_435_761) % 50_000,
-        url: format!("https://site{site}.test/p{}", i % 50),
-        referrer: None,
-        props: Vec::new(),
-        revenue: None,
+        url: if i.is_multiple_of(10) {
+            format!(
+                "https://site{site}.test/p{}?utm_source=mail&utm_medium=email",
+                i % 50
+            )
+        } else {
+            format!("https://site{site}.test/p{}", i % 50)
+        },
+        referrer: referrers[i % referrers.len()].map(str::to_owned),
+        props: if i.is_multiple_of(4) {
+            vec![("plan".into(), ["free", "pro"][i % 2].into())]
+        } else {
+            Vec::new()
+        },
+        revenue: i.is_multiple_of(20).then(|| Revenue {
+            amount: format!("{}.50", i % 100),
+            currency: "EUR".into(),
+        }),
+        refund_of: None,
         tz: if site.is_multiple_of(2) {
             "UTC".into()
         } else {
             "Europe/Paris".into()
         },
-    }
+        client: Client {
+            device: ["desktop", "mobile", "tablet"][i % 3].into(),
+            browser: ["Chrome", "Safari", "Firefox"][i % 3].into(),
+            browser_version: "120.0".into(),
+            os: ["Windows 10", "iOS", "Linux"][i % 3].into(),
+            os_version: "10".into(),
+        },
+        country: ["FR", "US", "DE", "unknown"][i % 4].into(),
+    })
 }
 
 fn run(workers: usize, total: usize) -> Duration {
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, events) = scope.new_collection::<Event, isize>();
+            let (input, events) = scope.new_collection::<Record, isize>();
             let (probe, _) = pipeline::metrics(events, &Settings::default()).probe();
             (input, probe)
         });

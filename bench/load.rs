@@ -73,7 +73,10 @@ fn main() -> anyhow::Result<()> {
     };
     let _server = spawn(&["serve"])?;
     let _engine = spawn(&["engine", "-w", "2"])?;
-    let http = reqwest::blocking::Client::new();
+    // A browser user agent: requests without one are filtered as bots.
+    let http = reqwest::blocking::Client::builder()
+        .user_agent("Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0")
+        .build()?;
     let health = format!("http://{listen}/healthz");
     let started = Instant::now();
     while !http

@@ -22,6 +22,26 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# The CC0 country database (MaxMind format) from npm, for geo lookups and their test.
+# Optional at run time: without it every country is "unknown".
+GEO_DIR="$(cd "$(dirname "$0")/.." && pwd)/.deps/geo"
+if [ ! -s "$GEO_DIR/geo-whois-asn-country.mmdb" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "install-deps: fetching the geo-whois-asn-country database (npm, CC0)"
+    tmp="$(mktemp -d)"
+    if (cd "$tmp" && npm pack --silent @ip-location-db/geo-whois-asn-country-mmdb >/dev/null 2>&1 \
+        && tar xzf ./*.tgz); then
+      mkdir -p "$GEO_DIR"
+      cp "$tmp/package/geo-whois-asn-country.mmdb" "$tmp/package/README.md" "$GEO_DIR/"
+    else
+      echo "install-deps: npm could not fetch the geo database; countries will be unknown" >&2
+    fi
+    rm -rf "$tmp"
+  else
+    echo "install-deps: npm not found; skipping the optional geo database" >&2
+  fi
+fi
+
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v tansu >/dev/null 2>&1; then
   echo "install-deps: cargo install tansu (Kafka-protocol broker for tests; ~10 min once)"

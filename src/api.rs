@@ -5,29 +5,36 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
-use clickflow_dataflows::registry::family_of;
+use clickflow_dataflows::metric::VALUE_SEPARATOR;
 use clickflow_operators::time::{bucket_of, Granularity};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
 use crate::collector::error_reply;
 use crate::log::Log;
+use crate::query::{self, Query};
 
 pub struct Api {
     pub pool: deadpool_postgres::Pool,
     pub log: Option<Arc<dyn Log>>,
+    /// Present when `api.admin_token` is set: enables `/api/v1/admin/*`.
+    pub admin: Option<Admin>,
 }
 
-#[derive(Debug, Deserialize)]
+/// What the admin endpoints need beyond the pool: the token, the log to append erase
+/// records to, and the configuration the recompute runs the pipeline with.
+pub struct Admin {
+    pub token: String,
+    pub config: crate::config::Config,
+    pub log: Arc<dyn Log>,
+}
+
+#[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Query {
-    pub site_id: String,
-    pub metrics: Vec<String>,
-    pub date_range: Vec<String>,
-    #[serde(default)]
-    pub dimensions: Vec<String>,
+struct EraseRequest {
+    site_id: String,
+    visitor_id: String,
 }
 
 #[derive(Debug)]
@@ -37,10 +44,17 @@ impl ApiError {
     fn bad(reason: impl Into<String>) -> ApiError {
         ApiError(StatusCode::BAD_REQUEST, reason.into())
     }
-    fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    fn unavailable(e: impl std::error::Error) -> ApiError {
+        // Postgres errors say "db error" at the top and the reason in their source.
+        let mut reason = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            reason = format!("{reason}: {s}");
+            source = s.source();
+        }
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("database unavailable: {e}"),
+            format!("database unavailable: {reason}"),
         )
     }
 }
@@ -102,9 +116,9 @@ impl Api {
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
-    pub async fn query(&self, auth: Option<String>, body: &[u8]) -> Result<Value, ApiError> {
+    /// Authenticates a site API key and checks it grants `site_id`; returns the site's zone.
+    async fn authorize(&self, auth: Option<&str>, site_id: &str) -> Result<String, ApiError> {
         let key = auth
-            .as_deref()
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|k| !k.is_empty())
@@ -118,25 +132,33 @@ impl Api {
             .site_of_key(key)
             .await?
             .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown API key".into()))?;
-        let q: Query = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad(format!("invalid query: {e}")))?;
-        if q.site_id != key_site {
+        if site_id != key_site {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
-                format!("this API key does not grant access to site {:?}", q.site_id),
+                format!("this API key does not grant access to site {site_id:?}"),
             ));
         }
+        Ok(tz_name)
+    }
+
+    pub async fn query(&self, auth: Option<String>, body: &[u8]) -> Result<Value, ApiError> {
+        if auth.is_none() {
+            self.authorize(None, "").await?;
+        }
+        let q: Query = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad(format!("invalid query: {e}")))?;
+        let tz_name = self.authorize(auth.as_deref(), &q.site_id).await?;
         let tz: Tz = tz_name.parse().unwrap_or(Tz::UTC);
         if q.metrics.is_empty() {
             return Err(ApiError::bad("metrics: name at least one metric"));
         }
-        for m in &q.metrics {
-            if family_of(m).is_none() {
-                return Err(ApiError::bad(format!(
-                    "metrics: unknown metric {m:?} (known: pageviews, events, visitors)"
-                )));
-            }
-        }
+        let shape = query::shape(&q).map_err(ApiError::bad)?;
+        let formulas = q
+            .metrics
+            .iter()
+            .map(|m| query::formula(m, &shape.breakdown))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::bad)?;
         let [from_s, to_s] = q.date_range.as_slice() else {
             return Err(ApiError::bad("date_range must be [from, to]"));
         };
@@ -147,24 +169,17 @@ impl Api {
         if from >= to {
             return Err(ApiError::bad("date_range: from must be before to"));
         }
-        let time_dimension = match q.dimensions.as_slice() {
-            [] => None,
-            [d] => match d.strip_prefix("time:").and_then(Granularity::parse) {
-                Some(g) => Some(g),
-                None => {
-                    return Err(ApiError::bad(format!(
-                        "dimensions: unknown dimension {d:?} (time:minute, time:hour, time:day)"
-                    )))
-                }
-            },
-            _ => {
-                return Err(ApiError::bad(
-                    "dimensions: at most one dimension (time:minute, time:hour or time:day)",
-                ))
-            }
+        let coarsest_materialized = if shape.breakdown.is_empty()
+            && formulas.iter().all(|f| {
+                f.stored()
+                    .iter()
+                    .all(|((family, _), _)| *family == "traffic")
+            }) {
+            Granularity::Minute
+        } else {
+            Granularity::Hour
         };
-        let max_buckets = 50_000;
-        let granularity = time_dimension.unwrap_or_else(|| {
+        let granularity = shape.time.unwrap_or_else(|| {
             if bucket_of(from, Granularity::Day, tz).start == from
                 && bucket_of(to, Granularity::Day, tz).start == to
             {
@@ -175,6 +190,12 @@ impl Api {
                 Granularity::Minute
             }
         });
+        if granularity == Granularity::Minute && coarsest_materialized != Granularity::Minute {
+            return Err(ApiError::bad(
+                "minute buckets exist for pageviews, events, visitors and bot_events only: use time:hour or an hour-aligned date_range",
+            ));
+        }
+        let max_buckets = 50_000;
         let buckets = {
             let mut out = Vec::new();
             let mut t = bucket_of(from, granularity, tz).start;
@@ -190,22 +211,60 @@ impl Api {
             }
             out
         };
+        let mut wanted: Vec<(query::Stored, bool)> =
+            formulas.iter().flat_map(|f| f.stored()).collect();
+        wanted.sort();
+        wanted.dedup();
         let client = self.pool.get().await.map_err(ApiError::unavailable)?;
         let generation: i32 = client
             .query_one("SELECT generation FROM active_generation", &[])
             .await
             .map_err(ApiError::unavailable)?
             .get(0);
-        let rows = client
-            .query(
-                "SELECT (extract(epoch FROM bucket) * 1000)::bigint, metric, value FROM rollups
-                  WHERE site_id = $1 AND generation = $2 AND granularity = $3 AND family = 'traffic'
-                    AND dimension = '' AND metric = ANY($4)
-                    AND bucket >= to_timestamp($5::bigint / 1000.0) AND bucket < to_timestamp($6::bigint / 1000.0)",
-                &[&q.site_id, &generation, &granularity.as_str(), &q.metrics, &buckets.first().copied().unwrap_or(from), &to],
-            )
-            .await
-            .map_err(ApiError::unavailable)?;
+        let first = buckets.first().copied().unwrap_or(from);
+        // (bucket, breakdown value) → stored metric → value; totals per bucket apart.
+        let mut cells: BTreeMap<(i64, String), BTreeMap<query::Stored, i64>> = BTreeMap::new();
+        let mut totals: BTreeMap<i64, BTreeMap<query::Stored, i64>> = BTreeMap::new();
+        for (total, group) in [(false, &shape.breakdown), (true, &String::new())] {
+            let pairs: Vec<query::Stored> = wanted
+                .iter()
+                .filter(|(_, t)| *t == total)
+                .map(|(s, _)| *s)
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let families: Vec<String> = pairs.iter().map(|p| p.0.to_owned()).collect();
+            let metrics: Vec<String> = pairs.iter().map(|p| p.1.to_owned()).collect();
+            let rows = client
+                .query(
+                    "SELECT (extract(epoch FROM r.bucket) * 1000)::bigint, r.family, r.metric, r.dimension_value, r.value
+                       FROM rollups r JOIN unnest($4::text[], $5::text[]) AS w(family, metric)
+                         ON r.family = w.family AND r.metric = w.metric
+                      WHERE site_id = $1 AND generation = $2 AND granularity = $3 AND dimension = $6
+                        AND bucket >= to_timestamp($7::bigint / 1000.0) AND bucket < to_timestamp($8::bigint / 1000.0)",
+                    &[&q.site_id, &generation, &granularity.as_str(), &families, &metrics, group, &first, &to],
+                )
+                .await
+                .map_err(ApiError::unavailable)?;
+            for r in rows {
+                let family: String = r.get(1);
+                let metric: String = r.get(2);
+                let Some(stored) = pairs.iter().find(|p| p.0 == family && p.1 == metric) else {
+                    continue;
+                };
+                let value: String = r.get(3);
+                if !shape.filters.iter().all(|f| f.keeps(&value)) {
+                    continue;
+                }
+                let target = if total {
+                    totals.entry(r.get(0)).or_default()
+                } else {
+                    cells.entry((r.get(0), value)).or_default()
+                };
+                target.insert(*stored, r.get(4));
+            }
+        }
         let frontier: Option<i64> = client
             .query_one(
                 "SELECT min(frontier_ms) FROM progress WHERE generation = $1",
@@ -214,30 +273,115 @@ impl Api {
             .await
             .map_err(ApiError::unavailable)?
             .get(0);
-        let mut values: BTreeMap<(i64, String), i64> = BTreeMap::new();
-        for r in rows {
-            values.insert((r.get(0), r.get(1)), r.get(2));
-        }
-        let value = |b: i64, m: &str| values.get(&(b, m.to_owned())).copied().unwrap_or(0);
-        let results: Vec<Value> = match time_dimension {
-            Some(g) => buckets
-                .iter()
-                .map(|b| json!({ "dimensions": [label(*b, g, tz)], "metrics": q.metrics.iter().map(|m| value(*b, m)).collect::<Vec<_>>() }))
-                .collect(),
-            None => {
-                let mut metrics = Vec::new();
-                for m in &q.metrics {
-                    if m == "visitors" && buckets.len() != 1 {
-                        // Distinct counts do not add up across buckets; refusing beats a wrong number.
-                        return Err(ApiError::bad(
-                            "visitors over a range of several buckets is not a sum: ask with a time dimension, or for one day/hour/minute",
-                        ));
-                    }
-                    metrics.push(buckets.iter().map(|b| value(*b, m)).sum::<i64>());
-                }
-                vec![json!({ "dimensions": [], "metrics": metrics })]
-            }
+        // Result rows: (time label or none, breakdown value or none) → summed cell.
+        let mut grouped: BTreeMap<(Option<i64>, Option<String>), query::Cell> = BTreeMap::new();
+        let key_of = |bucket: i64, value: &str| {
+            (
+                shape.time.map(|_| bucket),
+                shape.breakdown_shown.then(|| value.to_owned()),
+            )
         };
+        if !shape.breakdown_shown {
+            // every time slot shows up, zero-filled
+            for b in &buckets {
+                grouped.entry(key_of(*b, "")).or_default();
+            }
+        }
+        for ((bucket, value), sums) in &cells {
+            let cell = grouped.entry(key_of(*bucket, value)).or_default();
+            for (s, v) in sums {
+                *cell.sums.entry(*s).or_default() += v;
+            }
+        }
+        for (key, cell) in grouped.iter_mut() {
+            // A cell covers the buckets of its time slot, or all of them without time.
+            cell.buckets = if shape.time.is_some() {
+                1
+            } else {
+                buckets.len()
+            };
+            for (b, sums) in &totals {
+                if key.0.is_none_or(|t| t == *b) {
+                    for (s, v) in sums {
+                        *cell.totals.entry(*s).or_default() += v;
+                    }
+                }
+            }
+        }
+        // Visitors over several hours or days: merge the buckets' HyperLogLog registers.
+        let wants_visitors = formulas.iter().any(|f| {
+            matches!(
+                f,
+                query::Formula::Sum {
+                    stored: ("traffic", "visitors"),
+                    ..
+                }
+            )
+        });
+        let mut estimated = false;
+        if wants_visitors
+            && shape.time.is_none()
+            && shape.breakdown.is_empty()
+            && buckets.len() > 1
+            && granularity != Granularity::Minute
+        {
+            let rows = client
+                .query(
+                    "SELECT dimension_value, value FROM rollups
+                      WHERE site_id = $1 AND generation = $2 AND granularity = $3 AND family = 'uniques'
+                        AND metric = 'hll' AND dimension = 'register'
+                        AND bucket >= to_timestamp($4::bigint / 1000.0) AND bucket < to_timestamp($5::bigint / 1000.0)",
+                    &[&q.site_id, &generation, &granularity.as_str(), &first, &to],
+                )
+                .await
+                .map_err(ApiError::unavailable)?;
+            let registers = rows.iter().filter_map(|r| {
+                let index: u16 = r.get::<_, String>(0).parse().ok()?;
+                Some((index, r.get::<_, i64>(1).clamp(0, 64) as u8))
+            });
+            let e = clickflow_dataflows::uniques::estimate(registers);
+            for cell in grouped.values_mut() {
+                cell.visitors_estimate = Some(e);
+            }
+            estimated = true;
+        }
+        let mut results: Vec<(Option<i64>, Option<String>, Vec<Value>)> = Vec::new();
+        for ((bucket, value), cell) in &grouped {
+            let metrics = formulas
+                .iter()
+                .map(|f| query::evaluate(f, cell))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ApiError::bad)?;
+            results.push((*bucket, value.clone(), metrics));
+        }
+        if shape.breakdown_shown {
+            // Top values first within each time slot, by the first metric.
+            let by_first = |v: &Vec<Value>| v.first().and_then(|x| x.as_f64()).unwrap_or(0.0);
+            results.sort_by(|a, b| {
+                a.0.cmp(&b.0)
+                    .then(by_first(&b.2).total_cmp(&by_first(&a.2)))
+                    .then(a.1.cmp(&b.1))
+            });
+            let mut per_slot: BTreeMap<Option<i64>, usize> = BTreeMap::new();
+            results.retain(|r| {
+                let n = per_slot.entry(r.0).or_default();
+                *n += 1;
+                *n <= shape.limit
+            });
+        }
+        let results: Vec<Value> = results
+            .into_iter()
+            .map(|(bucket, value, metrics)| {
+                let mut dims: Vec<Value> = Vec::new();
+                if let (Some(b), Some(g)) = (bucket, shape.time) {
+                    dims.push(json!(label(b, g, tz)));
+                }
+                if let Some(v) = value {
+                    dims.extend(v.split(VALUE_SEPARATOR).map(|p| json!(p)));
+                }
+                json!({ "dimensions": dims, "metrics": metrics })
+            })
+            .collect();
         Ok(json!({
             "results": results,
             "meta": {
@@ -245,11 +389,194 @@ impl Api {
                 "time_zone": tz_name,
                 "metrics": q.metrics,
                 "dimensions": q.dimensions,
+                "filters": q.filters,
                 "granularity": granularity.as_str(),
                 "date_range": [rfc3339(from), rfc3339(to)],
                 "generation": generation,
                 "complete_until": frontier.map(rfc3339),
+                "estimated": if estimated {
+                    json!({"visitors": "HyperLogLog over the range's buckets (4096 registers): about 1.6 % standard error; see the README"})
+                } else {
+                    Value::Null
+                },
             }
+        }))
+    }
+
+    fn admin(&self, auth: Option<&str>) -> Result<&Admin, ApiError> {
+        let admin = self.admin.as_ref().ok_or_else(|| {
+            ApiError(
+                StatusCode::FORBIDDEN,
+                "admin endpoints are disabled: set api.admin_token".into(),
+            )
+        })?;
+        let given = auth.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+        // Constant-time comparison is moot for a random 32-byte token over TLS, but cheap.
+        let ok = given.is_some_and(|g| {
+            g.len() == admin.token.len()
+                && g.bytes()
+                    .zip(admin.token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if !ok {
+            return Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "admin endpoints need Authorization: Bearer <api.admin_token>".into(),
+            ));
+        }
+        Ok(admin)
+    }
+
+    /// `POST /api/v1/admin/erase`: forgets a visitor. Open buckets are corrected by the live
+    /// engine within seconds; sealed days are recomputed in the background.
+    pub async fn erase(&self, auth: Option<String>, body: &[u8]) -> Result<Value, ApiError> {
+        let admin = self.admin(auth.as_deref())?;
+        let req: EraseRequest = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad(format!(
+                "invalid erase request ({e}): expected {{\"site_id\": ..., \"visitor_id\": ...}}"
+            ))
+        })?;
+        if req.visitor_id.is_empty() || req.visitor_id.len() > 256 {
+            return Err(ApiError::bad(
+                "visitor_id must be 1-256 bytes, as the tracker sent it",
+            ));
+        }
+        let client = self.pool.get().await.map_err(ApiError::unavailable)?;
+        let exists = client
+            .query_opt("SELECT 1 FROM sites WHERE id = $1", &[&req.site_id])
+            .await
+            .map_err(ApiError::unavailable)?
+            .is_some();
+        if !exists {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("unknown site {:?}", req.site_id),
+            ));
+        }
+        let visitor = crate::collector::visitor_id_hash(&req.site_id, &req.visitor_id);
+        let now = clickflow_operators::source::wall_clock_ms();
+        let record = clickflow_dataflows::Record::Erase(clickflow_dataflows::event::Erasure {
+            site: req.site_id.clone(),
+            visitor,
+        });
+        let value = serde_json::to_vec(&record).map_err(|e| ApiError::bad(e.to_string()))?;
+        // The log first: once the erase record is durable the live engine acts on it; the
+        // table row (for restarts, replays and the recompute) follows. A retry repeats both.
+        let ack = admin
+            .log
+            .append(vec![crate::log::Append {
+                key: req.site_id.clone(),
+                value,
+                timestamp: now,
+            }])
+            .await
+            .pop()
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "log: no acknowledgement; retry later".into(),
+                )
+            })?;
+        ack.map_err(|e| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("log unavailable: {e}; retry later"),
+            )
+        })?;
+        client
+            .execute(
+                "INSERT INTO erasures (site_id, visitor, log_time_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (site_id, visitor) DO UPDATE
+                   SET log_time_ms = EXCLUDED.log_time_ms, status = 'pending', requested_at = now()",
+                &[&req.site_id, &(visitor as i64), &now],
+            )
+            .await
+            .map_err(ApiError::unavailable)?;
+        let (config, log, site) = (admin.config.clone(), admin.log.clone(), req.site_id.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::erase::recompute_and_record(&config, log.as_ref(), &site, visitor, now)
+        });
+        Ok(json!({
+            "site_id": req.site_id,
+            "visitor_id": req.visitor_id,
+            "status": "pending",
+            "detail": "open buckets are corrected by the engine within seconds; sealed days are being recomputed",
+            "status_url": format!("/api/v1/admin/erasures?site_id={}", req.site_id),
+        }))
+    }
+
+    /// `GET /api/v1/admin/erasures?site_id=`: the erasures of a site and their recompute state.
+    pub async fn erasures(&self, auth: Option<String>, site_id: String) -> Result<Value, ApiError> {
+        self.admin(auth.as_deref())?;
+        let client = self.pool.get().await.map_err(ApiError::unavailable)?;
+        let rows = client
+            .query(
+                "SELECT visitor::text, status, recomputed_days, (extract(epoch FROM requested_at) * 1000)::bigint
+                   FROM erasures WHERE site_id = $1 ORDER BY requested_at",
+                &[&site_id],
+            )
+            .await
+            .map_err(ApiError::unavailable)?;
+        let erasures: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "visitor": r.get::<_, String>(0),
+                    "status": r.get::<_, String>(1),
+                    "recomputed_days": r.get::<_, Option<i32>>(2),
+                    "requested_at": rfc3339(r.get(3)),
+                })
+            })
+            .collect();
+        Ok(json!({ "site_id": site_id, "erasures": erasures }))
+    }
+
+    /// `GET /api/v1/realtime?site_id=`: current visitors and pageviews per minute over the
+    /// last 30 minutes.
+    pub async fn realtime(&self, auth: Option<String>, site_id: String) -> Result<Value, ApiError> {
+        self.authorize(auth.as_deref(), &site_id).await?;
+        let client = self.pool.get().await.map_err(ApiError::unavailable)?;
+        let generation: i32 = client
+            .query_one("SELECT generation FROM active_generation", &[])
+            .await
+            .map_err(ApiError::unavailable)?
+            .get(0);
+        let current: i64 = client
+            .query_opt(
+                "SELECT value FROM rollups WHERE site_id = $1 AND generation = $2 AND family = 'realtime'
+                   AND metric = 'current_visitors' AND granularity = 'minute'
+                   AND bucket = to_timestamp($3::bigint / 1000.0)",
+                &[&site_id, &generation, &clickflow_dataflows::realtime::NOW.start],
+            )
+            .await
+            .map_err(ApiError::unavailable)?
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        let now = clickflow_operators::source::wall_clock_ms();
+        let last = now.div_euclid(60_000) * 60_000;
+        let first = last - 29 * 60_000;
+        let rows = client
+            .query(
+                "SELECT (extract(epoch FROM bucket) * 1000)::bigint, value FROM rollups
+                  WHERE site_id = $1 AND generation = $2 AND family = 'traffic' AND metric = 'pageviews'
+                    AND granularity = 'minute' AND dimension = ''
+                    AND bucket >= to_timestamp($3::bigint / 1000.0) AND bucket <= to_timestamp($4::bigint / 1000.0)",
+                &[&site_id, &generation, &first, &last],
+            )
+            .await
+            .map_err(ApiError::unavailable)?;
+        let by_minute: BTreeMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let minutes: Vec<Value> = (0..30)
+            .map(|i| {
+                let m = first + i * 60_000;
+                json!({ "minute": label(m, Granularity::Minute, Tz::UTC), "pageviews": by_minute.get(&m).copied().unwrap_or(0) })
+            })
+            .collect();
+        Ok(json!({
+            "site_id": site_id,
+            "current_visitors": current,
+            "pageviews_per_minute": minutes,
         }))
     }
 
@@ -281,13 +608,42 @@ pub fn routes(
         .and(warp::body::bytes())
         .then(move |auth: Option<String>, body: bytes::Bytes| {
             let api = a1.clone();
+            async move { reply(api.query(auth, &body).await, StatusCode::OK) }
+        });
+    let a3 = api.clone();
+    let erase = warp::path!("api" / "v1" / "admin" / "erase")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::body::content_length_limit(16 * 1024))
+        .and(warp::body::bytes())
+        .then(move |auth: Option<String>, body: bytes::Bytes| {
+            let api = a3.clone();
+            async move { reply(api.erase(auth, &body).await, StatusCode::ACCEPTED) }
+        });
+    let a4 = api.clone();
+    let erasures = warp::path!("api" / "v1" / "admin" / "erasures")
+        .and(site_get())
+        .then(move |auth: Option<String>, site: Result<String, String>| {
+            let api = a4.clone();
             async move {
-                match api.query(auth, &body).await {
-                    Ok(v) => warp::reply::json(&v).into_response(),
-                    Err(ApiError(status, reason)) => error_reply(status, &reason, None),
+                match site {
+                    Ok(site) => reply(api.erasures(auth, site).await, StatusCode::OK),
+                    Err(e) => error_reply(StatusCode::BAD_REQUEST, &e, Some("site_id")),
                 }
             }
         });
+    let a5 = api.clone();
+    let realtime = warp::path!("api" / "v1" / "realtime").and(site_get()).then(
+        move |auth: Option<String>, site: Result<String, String>| {
+            let api = a5.clone();
+            async move {
+                match site {
+                    Ok(site) => reply(api.realtime(auth, site).await, StatusCode::OK),
+                    Err(e) => error_reply(StatusCode::BAD_REQUEST, &e, Some("site_id")),
+                }
+            }
+        },
+    );
     let a2 = api.clone();
     let health = warp::path!("healthz").and(warp::get()).then(move || {
         let api = a2.clone();
@@ -306,7 +662,41 @@ pub fn routes(
         )
         .into_response()
     });
-    query.or(health).unify().or(metrics).unify()
+    query
+        .or(health)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(erase)
+        .unify()
+        .or(erasures)
+        .unify()
+        .or(realtime)
+        .unify()
+}
+
+/// A GET with an optional bearer and a required `?site_id=`.
+fn site_get(
+) -> impl Filter<Extract = (Option<String>, Result<String, String>), Error = warp::Rejection> + Clone
+{
+    warp::get()
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::<BTreeMap<String, String>>())
+        .map(|auth: Option<String>, q: BTreeMap<String, String>| {
+            let site = q
+                .get("site_id")
+                .cloned()
+                .ok_or_else(|| "site_id is required".to_owned());
+            (auth, site)
+        })
+        .untuple_one()
+}
+
+fn reply(result: Result<Value, ApiError>, ok: StatusCode) -> warp::reply::Response {
+    match result {
+        Ok(v) => warp::reply::with_status(warp::reply::json(&v), ok).into_response(),
+        Err(ApiError(status, reason)) => error_reply(status, &reason, None),
+    }
 }
 
 pub fn pool(url: &str, size: usize) -> anyhow::Result<deadpool_postgres::Pool> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use clickflow_dataflows::event::{Event, Revenue, PAGEVIEW};
+use clickflow_dataflows::event::{BotHit, Event, Record, Revenue, PAGEVIEW, REFUND};
 use ipnet::IpNet;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -18,8 +18,9 @@ use warp::http::StatusCode;
 use warp::Filter;
 
 use crate::config::CollectorConfig;
+use crate::enrich::Enricher;
 use crate::log::{Append, Log};
-use crate::metrics::{EVENTS_ACCEPTED, EVENTS_REJECTED};
+use crate::metrics::{BOT_EVENTS, EVENTS_ACCEPTED, EVENTS_REJECTED};
 
 /// A site as the collector needs it.
 #[derive(Clone, Debug)]
@@ -62,6 +63,7 @@ pub struct Collector {
     trusted: Vec<IpNet>,
     sites: moka::future::Cache<String, Option<SiteInfo>>,
     salt: RwLock<Option<(i64, Vec<u8>)>>,
+    enricher: Enricher,
 }
 
 impl Collector {
@@ -70,6 +72,11 @@ impl Collector {
         log: Arc<dyn Log>,
         pool: deadpool_postgres::Pool,
     ) -> anyhow::Result<Collector> {
+        let geo_db = (!config.geoip_db.as_os_str().is_empty()).then_some(config.geoip_db.as_path());
+        let enricher = Enricher::new(geo_db)?;
+        if !enricher.has_geo() {
+            tracing::info!("no collector.geoip_db configured: every country is `unknown`");
+        }
         let trusted = config
             .trusted_proxies
             .iter()
@@ -90,6 +97,7 @@ impl Collector {
                 .time_to_live(Duration::from_secs(30))
                 .build(),
             salt: RwLock::new(None),
+            enricher,
         })
     }
 
@@ -155,14 +163,15 @@ impl Collector {
         client_ip(&self.trusted, peer, forwarded)
     }
 
-    /// Validates one raw event into the form written to the log.
+    /// Validates one raw event into the record written to the log: the enriched event, or a
+    /// bare bot hit. The IP and user agent go no further than this function.
     async fn validate(
         &self,
         raw: &Value,
         ip: Option<IpAddr>,
         user_agent: &str,
         now: i64,
-    ) -> Result<Event, Refusal> {
+    ) -> Result<Record, Refusal> {
         let obj = raw
             .as_object()
             .ok_or_else(|| Refusal::bad("event", "an event must be a JSON object"))?;
@@ -188,21 +197,42 @@ impl Collector {
         let props = props(obj.get("props"))?;
         let revenue = revenue(obj.get("revenue"))?;
         let visitor_id = optional_str(obj, "visitor_id", 256)?;
+        let refund_of = optional_str(obj, "refund_of", 128)?;
+        if name == REFUND && refund_of.is_none() {
+            return Err(Refusal::bad(
+                "refund_of",
+                "a refund names the event_id of the purchase it refunds",
+            ));
+        }
+        if name != REFUND && refund_of.is_some() {
+            return Err(Refusal::bad(
+                "refund_of",
+                "refund_of is only allowed on events named \"refund\"",
+            ));
+        }
 
         let site_info = self.site(&site).await?.ok_or_else(|| Refusal {
             status: 404,
             field: Some("site"),
             reason: format!("unknown site {site:?}"),
         })?;
+        if self.enricher.is_bot(user_agent) {
+            return Ok(Record::Bot(BotHit {
+                site,
+                event_id,
+                ts,
+                tz: site_info.time_zone,
+            }));
+        }
         let visitor = match visitor_id {
-            Some(v) => hash64(&[b"visitor-id", site.as_bytes(), v.as_bytes()]),
+            Some(v) => visitor_id_hash(&site, &v),
             None => {
                 let salt = self.daily_salt(now).await?;
                 let ip = ip.map(|i| i.to_string()).unwrap_or_default();
                 hash64(&[&salt, site.as_bytes(), ip.as_bytes(), user_agent.as_bytes()])
             }
         };
-        Ok(Event {
+        Ok(Record::Event(Event {
             site,
             event_id,
             name,
@@ -213,8 +243,11 @@ impl Collector {
             referrer,
             props,
             revenue,
+            refund_of,
             tz: site_info.time_zone,
-        })
+            client: self.enricher.client(user_agent),
+            country: self.enricher.country(ip),
+        }))
     }
 
     fn event_time(&self, ts: Option<&Value>, now: i64) -> Result<i64, Refusal> {
@@ -275,12 +308,20 @@ impl Collector {
         let mut slots = Vec::new();
         for raw in raws {
             match self.validate(raw, ip, user_agent, now).await {
-                Ok(event) => match serde_json::to_vec(&event) {
+                Ok(record) => match serde_json::to_vec(&record) {
                     Ok(value) => {
+                        let (site, id) = match &record {
+                            Record::Event(e) => (e.site.clone(), e.event_id.clone()),
+                            Record::Bot(b) => {
+                                BOT_EVENTS.inc();
+                                (b.site.clone(), b.event_id.clone())
+                            }
+                            Record::Erase(x) => (x.site.clone(), String::new()),
+                        };
                         slots.push(results.len());
-                        results.push(Ok(event.event_id.clone()));
+                        results.push(Ok(id));
                         appends.push(Append {
-                            key: event.site.clone(),
+                            key: site,
                             value,
                             timestamp: now,
                         });
@@ -336,6 +377,11 @@ pub fn client_ip(
         }
         (ip, _) => ip,
     }
+}
+
+/// The visitor of a tracker-supplied `visitor_id`; the erase endpoint finds visitors by it.
+pub fn visitor_id_hash(site: &str, visitor_id: &str) -> u64 {
+    hash64(&[b"visitor-id", site.as_bytes(), visitor_id.as_bytes()])
 }
 
 fn hash64(parts: &[&[u8]]) -> u64 {
@@ -439,7 +485,7 @@ fn revenue(v: Option<&Value>) -> Result<Option<Revenue>, Refusal> {
         let digits = amount.strip_prefix('-').unwrap_or(&amount);
         let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
         !int.is_empty()
-            && int.len() <= 15
+            && int.len() <= 12
             && frac.len() <= 6
             && int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit())
     };

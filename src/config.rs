@@ -77,6 +77,9 @@ pub struct CollectorConfig {
     pub lateness_secs: u64,
     /// Events further in the future than this are rejected; closer ones are clamped to now.
     pub future_skew_secs: u64,
+    /// A country database in MaxMind format (GeoLite2-Country, or the CC0 ip-location-db
+    /// one `scripts/install-deps.sh` puts in `.deps/geo/`); empty: countries are `unknown`.
+    pub geoip_db: PathBuf,
 }
 
 impl Default for CollectorConfig {
@@ -88,6 +91,7 @@ impl Default for CollectorConfig {
             trusted_proxies: vec![],
             lateness_secs: 24 * 3600,
             future_skew_secs: 300,
+            geoip_db: PathBuf::new(),
         }
     }
 }
@@ -104,6 +108,10 @@ pub struct EngineConfig {
     pub commit_interval_ms: u64,
     /// Records read per source activation.
     pub source_batch: usize,
+    /// A visit ends after this long without events (and at midnight in the site's zone).
+    pub visit_timeout_secs: u64,
+    /// Realtime "current visitors" are those with an event this recent.
+    pub realtime_window_secs: u64,
 }
 
 impl Default for EngineConfig {
@@ -113,6 +121,8 @@ impl Default for EngineConfig {
             seal_grace_secs: 60,
             commit_interval_ms: 250,
             source_batch: 20_000,
+            visit_timeout_secs: 30 * 60,
+            realtime_window_secs: 5 * 60,
         }
     }
 }
@@ -122,6 +132,8 @@ impl Default for EngineConfig {
 pub struct ApiConfig {
     /// The query API; empty serves it on the collector's listener.
     pub listen: String,
+    /// Bearer token for `/api/v1/admin/*`; empty disables the admin endpoints.
+    pub admin_token: String,
 }
 
 impl Config {
@@ -151,6 +163,15 @@ impl Config {
             set_path(&mut value, k.trim(), v.trim()).with_context(|| format!("--set {o}"))?;
         }
         value.try_into().context("invalid configuration")
+    }
+
+    /// The dataflow's knobs.
+    pub fn settings(&self) -> clickflow_dataflows::Settings {
+        clickflow_dataflows::Settings {
+            seal_lateness_ms: self.seal_lateness_ms(),
+            visit_timeout_ms: self.engine.visit_timeout_secs as i64 * 1000,
+            realtime_window_ms: self.engine.realtime_window_secs as i64 * 1000,
+        }
     }
 
     /// Lateness the engine seals with: the collector's bound plus grace.

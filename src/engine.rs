@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clickflow_dataflows::{pipeline, Event, MetricKey, Settings};
+use clickflow_dataflows::{pipeline, MetricKey, Record};
 use clickflow_operators::sink::{transactional_sink, SinkConfig, SinkStatus};
 use clickflow_operators::source::{log_source, LogRecord, PartitionReader, SourceConfig};
+use differential_dataflow::AsCollection;
 use postgres::Client;
+use timely::dataflow::operators::ToStream;
 
 use crate::config::Config;
 use crate::log::{Log, LogReader};
@@ -84,8 +86,8 @@ pub fn plan_replay(client: &mut Client, log: &dyn Log, from_ms: i64) -> anyhow::
         &[&generation, &aligned],
     )?;
     tx.execute(
-        "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value)
-         SELECT $1, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value
+        "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value, open_until)
+         SELECT $1, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value, open_until
            FROM rollups WHERE generation = $2 AND bucket < to_timestamp($3::bigint / 1000.0)",
         &[&generation, &old, &aligned],
     )?;
@@ -127,21 +129,21 @@ pub fn switch_to(client: &mut Client, generation: i32) -> anyhow::Result<i32> {
     Ok(old)
 }
 
-/// Decodes log records into events for the source operator.
-struct EventReader {
+/// Decodes log records for the source operator.
+struct RecordReader {
     inner: Box<dyn LogReader>,
 }
 
-impl PartitionReader for EventReader {
-    type Item = Event;
+impl PartitionReader for RecordReader {
+    type Item = Record;
 
-    fn poll(&mut self, max: usize, out: &mut Vec<LogRecord<Event>>) -> Result<(), String> {
+    fn poll(&mut self, max: usize, out: &mut Vec<LogRecord<Record>>) -> Result<(), String> {
         let records = self
             .inner
             .poll(max, Duration::ZERO)
             .map_err(|e| e.to_string())?;
         for r in records {
-            match serde_json::from_slice::<Event>(&r.value) {
+            match serde_json::from_slice::<Record>(&r.value) {
                 Ok(data) => out.push(LogRecord {
                     partition: r.partition,
                     offset: r.offset,
@@ -189,9 +191,7 @@ pub fn run(
 ) -> anyhow::Result<Outcome> {
     let retired = Arc::new(AtomicBool::new(false));
     let failed: Arc<parking_lot::Mutex<Option<String>>> = Arc::default();
-    let settings = Settings {
-        seal_lateness_ms: config.seal_lateness_ms(),
-    };
+    let settings = config.settings();
     let source_config = SourceConfig {
         epoch_ms: config.engine.epoch_ms,
         batch: config.engine.source_batch,
@@ -203,6 +203,9 @@ pub fn run(
         min_commit_interval: Duration::from_millis(config.engine.commit_interval_ms),
     };
     let db_url = config.database.url.clone();
+    // Erased visitors are forgotten from the first epoch on, whatever this run re-reads.
+    let erasures = crate::erase::stored_erasures(&mut store::connect(&db_url)?, None)
+        .context("loading erasures")?;
     let stop_watching = Arc::new(AtomicBool::new(false));
     // An idle live job commits nothing, so it would never learn from the sink that a replay
     // retired its generation; this watcher makes the old job stop within seconds.
@@ -246,10 +249,16 @@ pub fn run(
             sink_config.clone(),
             status.clone(),
         );
+        let preloaded: Vec<(Record, u64, isize)> = if index == 0 {
+            erasures.iter().map(|r| (r.clone(), 0, 1)).collect()
+        } else {
+            Vec::new()
+        };
         worker.dataflow::<u64, _, _>(move |scope| {
             let (events, progress) = log_source(scope, "Events", source_config, move |_, _| {
-                EventReader { inner: reader }
+                RecordReader { inner: reader }
             });
+            let events = events.concat(preloaded.to_stream(scope).as_collection());
             let rows = pipeline::metrics(events, &settings);
             transactional_sink(
                 rows,

@@ -139,13 +139,28 @@ pub async fn demo_traffic(collector: Arc<Collector>, site: String) {
         Some("https://news.ycombinator.com/"),
         Some("https://twitter.com/"),
     ];
+    let agents = [
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+        "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    ];
+    let campaigns = [
+        "",
+        "",
+        "",
+        "?utm_source=newsletter&utm_medium=email&utm_campaign=launch",
+    ];
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut n = 0u64;
     loop {
         tick.tick().await;
-        let events: Vec<serde_json::Value> = {
+        let (agent, events): (&str, Vec<serde_json::Value>) = {
             let mut rng = rand::rng();
-            (0..rng.random_range(1..12))
+            let agent = agents[rng.random_range(0..agents.len())];
+            let events = (0..rng.random_range(1..12))
                 .map(|_| {
+                    n += 1;
                     let visitor = rng.random_range(0..300);
                     let late_ms = if rng.random_bool(0.05) {
                         rng.random_range(60_000..1_800_000)
@@ -154,20 +169,26 @@ pub async fn demo_traffic(collector: Arc<Collector>, site: String) {
                     };
                     let ts = clickflow_operators::source::wall_clock_ms() - late_ms;
                     let page = pages[rng.random_range(0..pages.len())];
-                    let name = if page == "/signup" && rng.random_bool(0.3) {
-                        "signup"
-                    } else {
-                        "pageview"
-                    };
-                    json!({
-                        "site": site, "name": name, "url": format!("https://demo.local{page}"),
+                    let campaign = campaigns[rng.random_range(0..campaigns.len())];
+                    let mut event = json!({
+                        "site": site, "name": "pageview", "url": format!("https://demo.local{page}{campaign}"),
                         "referrer": referrers[rng.random_range(0..referrers.len())],
-                        "visitor_id": format!("demo-{visitor}"), "ts": ts,
-                    })
+                        "visitor_id": format!("demo-{visitor}"), "ts": ts, "event_id": format!("demo-{}-{n}", std::process::id()),
+                    });
+                    if page == "/signup" && rng.random_bool(0.3) {
+                        event["name"] = json!("signup");
+                        let plan = ["free", "pro"][rng.random_range(0..2)];
+                        event["props"] = json!({ "plan": plan });
+                    } else if page == "/pricing" && rng.random_bool(0.2) {
+                        event["name"] = json!("purchase");
+                        event["revenue"] = json!({"amount": format!("{}.00", rng.random_range(9..99)), "currency": "EUR"});
+                    }
+                    event
                 })
-                .collect()
+                .collect();
+            (agent, events)
         };
-        let results = collector.ingest(&events, None, "Mozilla/5.0 (demo)").await;
+        let results = collector.ingest(&events, None, agent).await;
         if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
             tracing::warn!(reason = %e.reason, "demo event refused");
         }

@@ -316,9 +316,15 @@ async fn serve(
     if let Some(hook) = collector_hook {
         let _ = hook.send(collector.clone());
     }
+    let admin = (!config.api.admin_token.is_empty()).then(|| api::Admin {
+        token: config.api.admin_token.clone(),
+        config: config.clone(),
+        log: log.clone(),
+    });
     let api = Arc::new(Api {
         pool,
         log: Some(log),
+        admin,
     });
     let listen: std::net::SocketAddr = config
         .collector

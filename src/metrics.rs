@@ -23,6 +23,13 @@ pub static EVENTS_ACCEPTED: LazyLock<IntCounter> = LazyLock::new(|| {
     ))
 });
 
+pub static BOT_EVENTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(IntCounter::new(
+        "clickflow_bot_events_total",
+        "Hits recognised as bots: logged for per-site counts, never analysed",
+    ))
+});
+
 pub static EVENTS_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(IntCounterVec::new(
         Opts::new(
@@ -59,6 +66,7 @@ pub fn render() -> String {
     // Touch the statics so they appear even before their first increment.
     LazyLock::force(&EVENTS_ACCEPTED);
     LazyLock::force(&EVENTS_REJECTED);
+    LazyLock::force(&BOT_EVENTS);
     LazyLock::force(&SINK_ROWS);
     LazyLock::force(&SINK_FRONTIER);
     LazyLock::force(&DECODE_ERRORS);

@@ -90,7 +90,7 @@ impl PgSink {
         if let Some(from) = batch.replace_from {
             tx.execute(
                 "DELETE FROM rollups WHERE generation = $1 AND bucket >= to_timestamp($2::bigint / 1000.0)
-                   AND bucket_end + $3::bigint * interval '1 millisecond' > to_timestamp($4::bigint / 1000.0)",
+                   AND coalesce(open_until, bucket_end) + $3::bigint * interval '1 millisecond' > to_timestamp($4::bigint / 1000.0)",
                 &[&self.generation, &from.max(-62_135_596_800_000), &lateness, &frontier],
             )?;
         }
@@ -108,16 +108,16 @@ impl PgSink {
         if !batch.upserts.is_empty() {
             let cols = Columns::of(batch.upserts.iter().map(|(k, v)| (k, *v)));
             tx.execute(
-                "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value)
+                "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value, open_until)
                  SELECT $1, site_id, granularity, to_timestamp(bucket::float8 / 1000), to_timestamp(bucket_end::float8 / 1000),
-                        family, dimension, dimension_value, metric, value
-                   FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[])
-                     AS u(site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value)
+                        family, dimension, dimension_value, metric, value, to_timestamp(open_until::float8 / 1000)
+                   FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::int8[])
+                     AS u(site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value, open_until)
                  ON CONFLICT (site_id, generation, granularity, family, metric, dimension, dimension_value, bucket)
-                 DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+                 DO UPDATE SET value = EXCLUDED.value, open_until = EXCLUDED.open_until, updated_at = now()",
                 &[
                     &self.generation, &cols.site, &cols.granularity, &cols.bucket, &cols.bucket_end, &cols.family,
-                    &cols.dimension, &cols.dimension_value, &cols.metric, &cols.value,
+                    &cols.dimension, &cols.dimension_value, &cols.metric, &cols.value, &cols.open_until,
                 ],
             )?;
         }
@@ -148,6 +148,7 @@ struct Columns {
     dimension_value: Vec<String>,
     metric: Vec<String>,
     value: Vec<i64>,
+    open_until: Vec<i64>,
 }
 
 impl Columns {
@@ -163,6 +164,7 @@ impl Columns {
             c.dimension_value.push(k.dimension_value.clone());
             c.metric.push(k.metric.clone());
             c.value.push(v);
+            c.open_until.push(k.open_until);
         }
         c
     }

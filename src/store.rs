@@ -36,6 +36,18 @@ CREATE TABLE IF NOT EXISTS active_generation (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     generation  integer NOT NULL REFERENCES generations(id)
 );
+-- Visitors a merchant asked to forget (the hash the collector computes). Engines load the
+-- whole table at start, so a replay or restart never counts them again.
+CREATE TABLE IF NOT EXISTS erasures (
+    site_id        text NOT NULL,
+    visitor        bigint NOT NULL,
+    requested_at   timestamptz NOT NULL DEFAULT now(),
+    -- ingest time of the erase record in the log: buckets sealed before it are recomputed
+    log_time_ms    bigint NOT NULL,
+    status         text NOT NULL DEFAULT 'pending',
+    recomputed_days integer,
+    PRIMARY KEY (site_id, visitor)
+);
 CREATE TABLE IF NOT EXISTS progress (
     generation   integer NOT NULL,
     partition    integer NOT NULL,
@@ -57,6 +69,7 @@ const ROLLUPS_COLUMNS: &str = r#"
     dimension_value  text NOT NULL DEFAULT '',
     metric           text NOT NULL,
     value            bigint NOT NULL,
+    open_until       timestamptz,
     updated_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (site_id, generation, granularity, family, metric, dimension, dimension_value, bucket)
 "#;
@@ -119,6 +132,8 @@ pub fn migrate(client: &mut Client) -> anyhow::Result<Layout> {
             }
         }
     }
+    // Rows derived from visits stay open past their bucket's end (see MetricKey::open_until).
+    client.batch_execute("ALTER TABLE rollups ADD COLUMN IF NOT EXISTS open_until timestamptz")?;
     client.batch_execute(
         "INSERT INTO generations (id, status) VALUES (1, 'live') ON CONFLICT DO NOTHING;
          INSERT INTO active_generation (generation) VALUES (1) ON CONFLICT DO NOTHING;",

@@ -304,22 +304,20 @@ fn killing_the_engine_mid_stream_loses_nothing_and_counts_nothing_twice() {
     assert_eq!(health.status().as_u16(), 200);
 }
 
-#[test]
-fn replay_from_mid_history_equals_a_full_run_and_the_live_job_follows_it() {
+/// Writes three days of history straight into the embedded log (before the collector takes
+/// it: one writer at a time), events up to two hours late, and returns what was written.
+fn write_history(
+    log_dir: &std::path::Path,
+    sites: &[Site],
+    seed: u64,
+    now: i64,
+) -> Vec<(usize, Value)> {
+    use clickflow::collector::visitor_id_hash;
     use clickflow::log::embedded::EmbeddedLog;
     use clickflow::log::{Append, Log};
-    use clickflow_dataflows::Event;
+    use clickflow_dataflows::{Event, Record};
 
-    let scratch = tempfile::tempdir().unwrap();
-    let log_dir = scratch.path().join("log");
-    // Three days of history with events up to two hours late; buckets seal (and their state
-    // expires) six hours after they end, long before the run catches up with the present.
-    let (setup, sites) = prepare(LogChoice::Embedded {
-        dir: log_dir.clone(),
-    });
-    let setup = setup.with("CLICKFLOW__COLLECTOR__LATENESS_SECS", "21600");
-    let now = Utc::now().timestamp_millis();
-    let mut rng = StdRng::seed_from_u64(4);
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut history: Vec<(usize, Value)> = Vec::new();
     let mut appends = Vec::new();
     let mut received = now - 3 * 86_400_000;
@@ -329,49 +327,69 @@ fn replay_from_mid_history_equals_a_full_run_and_the_live_job_follows_it() {
         let site = rng.random_range(0..2);
         let ts = received - rng.random_range(0..7_200_000);
         let pageview = rng.random_bool(0.7);
-        let visitor: u64 = rng.random_range(0..30);
+        let visitor_id = format!("v{}", rng.random_range(0..30));
         let json = json!({"name": if pageview {"pageview"} else {"signup"}, "event_id": format!("h{i}"),
-                          "visitor_id": format!("v{visitor}"), "ts": ts});
+                          "visitor_id": visitor_id, "ts": ts});
         let event = Event {
             site: sites[site].id.clone(),
             event_id: format!("h{i}"),
             name: json["name"].as_str().unwrap().into(),
             ts,
             received,
-            visitor,
+            visitor: visitor_id_hash(&sites[site].id, &visitor_id),
             url: "https://x.test/".into(),
-            referrer: None,
-            props: vec![],
-            revenue: None,
             tz: sites[site].tz.name().into(),
+            ..Event::default()
         };
         appends.push(Append {
             key: event.site.clone(),
-            value: serde_json::to_vec(&event).unwrap(),
+            value: serde_json::to_vec(&Record::Event(event)).unwrap(),
             timestamp: received,
         });
         history.push((site, json));
         i += 1;
     }
-    // The history goes in before the collector takes the log: one writer at a time.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
         .block_on(async {
-            let log = EmbeddedLog::open(&log_dir, 4, false).unwrap();
+            let log = EmbeddedLog::open(log_dir, 4, false).unwrap();
             for r in log.append(appends).await {
                 r.unwrap();
             }
         });
+    history
+}
+
+/// The query range of the history tests: every day of the history, in every zone.
+fn history_range() -> (String, String) {
+    let now = Utc::now();
+    (
+        (now - chrono::Duration::days(4))
+            .format("%Y-%m-%d")
+            .to_string(),
+        (now + chrono::Duration::days(1))
+            .format("%Y-%m-%d")
+            .to_string(),
+    )
+}
+
+#[test]
+fn replay_from_mid_history_equals_a_full_run_and_the_live_job_follows_it() {
+    let scratch = tempfile::tempdir().unwrap();
+    let log_dir = scratch.path().join("log");
+    // Three days of history with events up to two hours late; buckets seal (and their state
+    // expires) six hours after they end, long before the run catches up with the present.
+    let (setup, sites) = prepare(LogChoice::Embedded {
+        dir: log_dir.clone(),
+    });
+    let setup = setup.with("CLICKFLOW__COLLECTOR__LATENESS_SECS", "21600");
+    let now = Utc::now().timestamp_millis();
+    let history = write_history(&log_dir, &sites, 4, now);
     let d = start(setup, sites);
     let setup = d.setup.clone();
-    let from = (Utc::now() - chrono::Duration::days(4))
-        .format("%Y-%m-%d")
-        .to_string();
-    let to = (Utc::now() + chrono::Duration::days(1))
-        .format("%Y-%m-%d")
-        .to_string();
+    let (from, to) = history_range();
 
     let mut live = spawn_engine(&setup, 1, 2, scratch.path());
     let full = wait_for(&setup, &d.sites, (&from, &to), &oracle(&history, &d.sites));
@@ -412,5 +430,64 @@ fn replay_from_mid_history_equals_a_full_run_and_the_live_job_follows_it() {
         &d.sites,
         (&from, &to),
         &oracle(&everything, &d.sites),
+    );
+}
+
+#[test]
+fn erasing_a_visitor_fixes_sealed_days_and_survives_a_replay() {
+    let scratch = tempfile::tempdir().unwrap();
+    let log_dir = scratch.path().join("log");
+    // Six hours of lateness: most of the three days of history are sealed when the erasure
+    // arrives, so the engine's retraction cannot reach them and a recompute must.
+    let (setup, sites) = prepare(LogChoice::Embedded {
+        dir: log_dir.clone(),
+    });
+    let setup = setup
+        .with("CLICKFLOW__COLLECTOR__LATENESS_SECS", "21600")
+        .with("CLICKFLOW__API__ADMIN_TOKEN", "\"erase-token\"");
+    let now = Utc::now().timestamp_millis();
+    let history = write_history(&log_dir, &sites, 9, now);
+    let d = start(setup, sites);
+    let setup = d.setup.clone();
+    let (from, to) = history_range();
+    let _live = spawn_engine(&setup, 1, 2, scratch.path());
+    wait_for(&setup, &d.sites, (&from, &to), &oracle(&history, &d.sites));
+
+    let (status, body) = post(
+        &setup.url("/api/v1/admin/erase"),
+        &json!({"site_id": d.sites[0].id, "visitor_id": "v7"}),
+        Some("erase-token"),
+    );
+    assert_eq!(status, 202, "{body}");
+    let kept: Vec<(usize, Value)> = history
+        .iter()
+        .filter(|(site, e)| !(*site == 0 && e["visitor_id"] == "v7"))
+        .cloned()
+        .collect();
+    assert!(kept.len() < history.len(), "the visitor had events");
+    let erased = wait_for(&setup, &d.sites, (&from, &to), &oracle(&kept, &d.sites));
+    let resp = reqwest::blocking::Client::new()
+        .get(setup.url(&format!("/api/v1/admin/erasures?site_id={}", d.sites[0].id)))
+        .bearer_auth("erase-token")
+        .send()
+        .unwrap();
+    let status: Value = resp.json().unwrap();
+    assert_eq!(status["erasures"][0]["status"], json!("done"), "{status}");
+    assert!(
+        status["erasures"][0]["recomputed_days"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 2,
+        "sealed days were rebuilt: {status}"
+    );
+
+    // A replay from mid-history re-reads the visitor's events and still leaves them out.
+    let out = setup.run(&["replay", "--from", &(now - 36 * 3_600_000).to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("switched from generation 1 to 2"), "{text}");
+    let replayed = query_all(&setup, &d.sites, (&from, &to)).expect("query after replay");
+    assert_eq!(
+        replayed, erased,
+        "erased visitors stay erased after a replay"
     );
 }

@@ -53,10 +53,19 @@ fn wrong_keys_and_bad_queries_are_refused_with_reasons() {
             "before",
         ),
         (json!({"date_range": ["2026-11-05"]}), "[from, to]"),
-        (json!({"dimensions": ["country"]}), "unknown dimension"),
+        (json!({"dimensions": ["planet"]}), "unknown dimension"),
         (
-            json!({"dimensions": [], "metrics": ["visitors"]}),
-            "visitors",
+            json!({"dimensions": ["country"]}),
+            "pageviews is not available by \"country\"",
+        ),
+        (
+            json!({"dimensions": ["source"], "filters": [["country", "is", ["FR"]]]}),
+            "filters",
+        ),
+        (
+            json!({"dimensions": [], "metrics": ["visitors"],
+                   "date_range": ["2026-11-01T00:00:30Z", "2026-11-01T00:10:00Z"]}),
+            "visitors over a range",
         ),
         (
             json!({"dimensions": ["time:minute"], "date_range": ["2026-01-01", "2026-12-31"]}),

@@ -3,6 +3,18 @@
 use clickflow_operators::time::{seal_time, Bucket, Granularity};
 use serde::{Deserialize, Serialize};
 
+/// Joins the names of a multi-dimension breakdown (`goal,prop:plan`) and, with
+/// [`VALUE_SEPARATOR`], its values.
+pub const DIMENSION_SEPARATOR: char = ',';
+/// Separates the values of a multi-dimension breakdown; the ASCII unit separator cannot occur
+/// in values the collector accepts.
+pub const VALUE_SEPARATOR: char = '\u{1f}';
+
+/// Rows that describe "now" rather than a bucket (realtime) live at this instant: they never
+/// seal. 4000-01-01T00:00:00Z: far beyond any real bucket, and a four-digit year, which
+/// Postgres partition bounds need.
+pub const TIMELESS_END_MS: i64 = 64_060_588_800_000;
+
 /// Identifies one materialized number. Families without a breakdown use an empty
 /// `dimension` and `dimension_value`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -15,6 +27,10 @@ pub struct MetricKey {
     pub dimension: String,
     pub dimension_value: String,
     pub metric: String,
+    /// Events with an event time before this can still change the row. Usually the bucket
+    /// end; for numbers derived from visits, the end of the visit's day, because a late event
+    /// can extend or merge a visit that started in an earlier bucket.
+    pub open_until: i64,
 }
 
 impl MetricKey {
@@ -28,14 +44,44 @@ impl MetricKey {
             dimension: String::new(),
             dimension_value: String::new(),
             metric: metric.to_owned(),
+            open_until: bucket.end,
         }
+    }
+
+    /// The same row broken down by `dimension` = `value`.
+    pub fn by(mut self, dimension: &str, value: &str) -> MetricKey {
+        self.dimension = dimension.to_owned();
+        self.dimension_value = value.to_owned();
+        self
+    }
+
+    /// Marks the row as changeable by events up to `until` (see [`MetricKey::open_until`]).
+    pub fn open_until(mut self, until: i64) -> MetricKey {
+        self.open_until = self.open_until.max(until);
+        self
     }
 
     /// The ingest time from which this row can no longer change.
     pub fn seal_time(&self, lateness_ms: u64) -> u64 {
-        seal_time(self.bucket_end, lateness_ms)
+        seal_time(self.open_until, lateness_ms)
     }
 }
 
 /// A family's output: the current value of each metric row.
 pub type MetricRow = (MetricKey, i64);
+
+/// `[a, b]` → `"a,b"` for names, `"a\u{1f}b"` for values.
+pub fn join_dimensions(parts: &[&str], separator: char) -> String {
+    let mut out = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(separator);
+        }
+        out.push_str(p);
+    }
+    out
+}
+
+/// The granularities every visit-based family materializes. Minute visits would mostly be
+/// fragments of visits; the query API serves minutes for per-event metrics only.
+pub const VISIT_GRANULARITIES: [Granularity; 2] = [Granularity::Hour, Granularity::Day];

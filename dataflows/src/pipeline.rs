@@ -1,19 +1,35 @@
-//! The stages every family shares: expiry of sealed state and deduplication by event id.
+//! The stages every family shares: expiry of sealed state, erasure, deduplication by event
+//! id, enrichment and sessionization. Families read the result as [`Inputs`].
 
 use clickflow_operators::expiry::Expire;
 use clickflow_operators::time::{bucket_of, parse_tz, seal_time, Granularity};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::VecCollection;
 
-use crate::event::Event;
+use crate::enrich::Hit;
+use crate::event::{BotHit, Event, Record};
 use crate::metric::MetricRow;
 use crate::registry::FAMILIES;
 use crate::settings::Settings;
+use crate::visits::{visits, Visit};
 
-/// The ingest time after which no family needs the event any more: its day bucket (the
-/// widest window) is sealed.
-pub fn event_seal_time(event: &Event, settings: &Settings) -> u64 {
-    let day = bucket_of(event.ts, Granularity::Day, parse_tz(&event.tz));
+/// What every family builds on. All collections are over ingest time and already free of
+/// duplicates, erased visitors and state of sealed days.
+pub struct Inputs<'s> {
+    /// Pageviews and custom events (refunds are not visitor activity and live apart).
+    pub hits: VecCollection<'s, u64, Hit>,
+    /// `refund` events; `refund_of` names the purchase they take back.
+    pub refunds: VecCollection<'s, u64, Hit>,
+    /// Visits rebuilt from `hits`.
+    pub visits: VecCollection<'s, u64, Visit>,
+    /// Hits the collector recognised as bots.
+    pub bots: VecCollection<'s, u64, BotHit>,
+}
+
+/// The ingest time after which nothing needs a record of event time `ts` any more: its day
+/// bucket (the widest window) is sealed.
+pub fn day_seal_time(ts: i64, tz: &str, settings: &Settings) -> u64 {
+    let day = bucket_of(ts, Granularity::Day, parse_tz(tz));
     seal_time(day.end, settings.seal_lateness_ms)
 }
 
@@ -28,18 +44,63 @@ pub fn dedupe<'s>(events: VecCollection<'s, u64, Event>) -> VecCollection<'s, u6
         .map(|(_, e)| e)
 }
 
-/// Everything downstream of the source: expiry, dedupe, and every registered family.
+/// Expiry, erasure, dedupe, enrichment and sessionization.
+pub fn prepare<'s>(records: VecCollection<'s, u64, Record>, settings: &Settings) -> Inputs<'s> {
+    let day_seal = settings.clone();
+    let events = records
+        .clone()
+        .flat_map(|r| match r {
+            Record::Event(e) => Some(e),
+            _ => None,
+        })
+        .expire_at(move |e| day_seal_time(e.ts, &e.tz, &day_seal));
+    let day_seal = settings.clone();
+    let bots = records
+        .clone()
+        .flat_map(|r| match r {
+            Record::Bot(b) => Some(b),
+            _ => None,
+        })
+        .expire_at(move |b| day_seal_time(b.ts, &b.tz, &day_seal))
+        // Retried bot requests count once too.
+        .map(|b| ((b.site.clone(), b.event_id.clone()), b))
+        .reduce_named("DedupeBots", |_id, copies, out| {
+            out.push((copies[0].0.clone(), 1))
+        })
+        .map(|(_, b)| b);
+    // Erasures are kept forever: a visitor stays erased whatever arrives later.
+    let erased = records
+        .flat_map(|r| match r {
+            Record::Erase(x) => Some((x.site, x.visitor)),
+            _ => None,
+        })
+        .distinct();
+    let kept = events
+        .map(|e| ((e.site.clone(), e.visitor), e))
+        .antijoin(erased)
+        .map(|(_, e)| e);
+    let all = dedupe(kept).map(Hit::from);
+    let refunds = all.clone().filter(|h| h.is_refund());
+    let hits = all.filter(|h| !h.is_refund());
+    Inputs {
+        visits: visits(hits.clone(), settings),
+        hits,
+        refunds,
+        bots,
+    }
+}
+
+/// Everything downstream of the source: the shared stages and every registered family.
 pub fn metrics<'s>(
-    events: VecCollection<'s, u64, Event>,
+    records: VecCollection<'s, u64, Record>,
     settings: &Settings,
 ) -> VecCollection<'s, u64, MetricRow> {
-    let scope = events.scope();
-    let seal_settings = settings.clone();
-    let events = dedupe(events.expire_at(move |e| event_seal_time(e, &seal_settings)));
+    let scope = records.scope();
+    let inputs = prepare(records, settings);
     concatenate(
         scope,
         FAMILIES
             .iter()
-            .map(|family| (family.build)(events.clone(), settings)),
+            .map(|family| (family.build)(&inputs, settings)),
     )
 }

@@ -1,117 +1,429 @@
-//! Helpers for oracle tests: random event streams and a runner that pushes them through the
-//! real pipeline and the real transactional sink into an in-memory "table".
+//! Helpers for oracle tests: random record streams, an independent batch sessionizer, and a
+//! runner that pushes a stream through the real pipeline and the real transactional sink into
+//! an in-memory "table", comparing it with a family's oracle at every completed epoch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use clickflow_operators::sink::{
-    transactional_sink, CommitBatch, SinkConfig, SinkStatus, Transaction,
-};
-use clickflow_operators::time::epoch_of;
+use clickflow_operators::sink::{transactional_sink, MemoryTable, SinkConfig, SinkStatus};
+use clickflow_operators::time::{bucket_of, epoch_of, parse_tz, Granularity};
 use differential_dataflow::input::Input;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use timely::dataflow::operators::ToStream;
 
-use crate::event::Event;
+use crate::enrich::Hit;
+use crate::event::{BotHit, Client, Erasure, Event, Record, Revenue};
 use crate::metric::MetricKey;
 use crate::pipeline::metrics;
 use crate::settings::Settings;
+use crate::visits::Visit;
 
 pub const TEST_LATENESS_MS: u64 = 2 * 3_600_000;
-const EPOCH_MS: u64 = 1_000;
 
-/// Events paired with the log timestamp at which they arrive, in arrival order. Event times
-/// lag arrival by up to an hour (late and back-dated events); about one in ten events is a
-/// client retry of an earlier one.
-pub fn random_stream(seed: u64, n: usize) -> Vec<(Event, i64)> {
+pub fn test_settings() -> Settings {
+    Settings {
+        seal_lateness_ms: TEST_LATENESS_MS,
+        ..Settings::default()
+    }
+}
+
+/// Records with the ingest time (the timely time) they arrive at, in arrival order. Event
+/// times lag arrival by up to an hour (late and back-dated events); about one in ten events
+/// is a client retry of an earlier one; there are refunds of earlier purchases, bot hits and
+/// erasures of visitors. Records are grouped into epochs of random size.
+pub fn random_stream(seed: u64, n: usize) -> Vec<(Record, u64)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let zones = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata"];
+    let pages = ["/", "/pricing", "/blog/a", "/blog/b", "/cart"];
+    let referrers = [
+        None,
+        None,
+        Some("https://www.google.com/search?q=x"),
+        Some("https://t.co/xyz"),
+        Some("https://blog.friend.org/post?id=3"),
+    ];
+    let utms = [
+        "",
+        "",
+        "",
+        "?utm_source=newsletter&utm_medium=email&utm_campaign=bf",
+    ];
+    let clients = [
+        ("desktop", "Chrome", "120", "Windows", "10"),
+        ("mobile", "Safari", "17", "iOS", "17.1"),
+        ("tablet", "Chrome", "119", "Android", "14"),
+    ];
+    let countries = ["FR", "US", "DE", "unknown"];
     let start = 1_795_400_000_000i64 + rng.random_range(0..86_400_000);
-    let mut out: Vec<(Event, i64)> = Vec::with_capacity(n);
+    let new_epoch_odds = rng.random_range(0.1..1.0);
+    let mut out: Vec<(Record, i64)> = Vec::with_capacity(n);
+    let mut events: Vec<Event> = Vec::new();
     let mut arrival = start;
+    let mut last_bot: Option<BotHit> = None;
     for i in 0..n {
         arrival += rng.random_range(0..90_000);
-        if i > 0 && rng.random_bool(0.1) {
-            let (copy, _) = out[rng.random_range(0..out.len())].clone();
-            if (arrival - copy.ts) < 3_600_000 {
-                out.push((copy, arrival));
+        let roll = rng.random_range(0..100);
+        if roll < 10 && !events.is_empty() {
+            let copy = events[rng.random_range(0..events.len())].clone();
+            if arrival - copy.ts < 3_600_000 {
+                out.push((
+                    Record::Event(Event {
+                        received: arrival,
+                        ..copy
+                    }),
+                    arrival,
+                ));
                 continue;
             }
         }
         let site = rng.random_range(0..3usize);
+        if roll < 13 {
+            // Bots retry too, with the same id and time.
+            let bot = match (&last_bot, rng.random_bool(0.2)) {
+                (Some(b), true) => b.clone(),
+                _ => BotHit {
+                    site: format!("site{site}"),
+                    event_id: format!("b{i}"),
+                    ts: arrival - rng.random_range(0..600_000),
+                    tz: zones[site].to_string(),
+                },
+            };
+            last_bot = Some(bot.clone());
+            out.push((Record::Bot(bot), arrival));
+            continue;
+        }
+        if roll < 14 {
+            out.push((
+                Record::Erase(Erasure {
+                    site: format!("site{site}"),
+                    visitor: rng.random_range(0..10),
+                }),
+                arrival,
+            ));
+            continue;
+        }
         let ts = arrival - rng.random_range(0..3_600_000);
-        let pageview = rng.random_bool(0.7);
+        let kind = rng.random_range(0..100);
+        let (name, props, revenue, refund_of, ts) = if kind < 65 {
+            ("pageview", Vec::new(), None, None, ts)
+        } else if kind < 80 {
+            let plan = ["free", "pro"][rng.random_range(0..2)];
+            (
+                "signup",
+                vec![("plan".to_string(), plan.to_string())],
+                None,
+                None,
+                ts,
+            )
+        } else if kind < 96 {
+            let revenue = rng.random_bool(0.8).then(|| Revenue {
+                amount: format!(
+                    "{}.{:02}",
+                    rng.random_range(1..200),
+                    rng.random_range(0..100)
+                ),
+                currency: ["EUR", "USD"][rng.random_range(0..2)].to_string(),
+            });
+            ("purchase", Vec::new(), revenue, None, ts)
+        } else {
+            let purchases: Vec<&Event> = events
+                .iter()
+                .filter(|e| e.name == "purchase" && e.site == format!("site{site}"))
+                .collect();
+            match purchases.last() {
+                // A refund comes after its purchase, in event time too.
+                Some(p) => (
+                    "refund",
+                    Vec::new(),
+                    None,
+                    Some(p.event_id.clone()),
+                    ts.max(p.ts),
+                ),
+                None => ("pageview", Vec::new(), None, None, ts),
+            }
+        };
+        let client = clients[rng.random_range(0..clients.len())];
         let event = Event {
             site: format!("site{site}"),
             event_id: format!("e{i}"),
-            name: if pageview {
-                "pageview".into()
-            } else {
-                "signup".into()
-            },
+            name: name.into(),
             ts,
             received: arrival,
-            visitor: rng.random_range(0..25),
-            url: format!("https://s{site}.example/p{}", rng.random_range(0..5)),
-            referrer: None,
-            props: Vec::new(),
-            revenue: None,
+            visitor: rng.random_range(0..10),
+            url: format!(
+                "https://s{site}.example{}{}",
+                pages[rng.random_range(0..pages.len())],
+                utms[rng.random_range(0..utms.len())]
+            ),
+            referrer: referrers[rng.random_range(0..referrers.len())].map(str::to_owned),
+            props,
+            revenue,
+            refund_of,
             tz: zones[site % zones.len()].to_string(),
+            client: Client {
+                device: client.0.into(),
+                browser: client.1.into(),
+                browser_version: client.2.into(),
+                os: client.3.into(),
+                os_version: client.4.into(),
+            },
+            country: countries[rng.random_range(0..countries.len())].into(),
         };
-        out.push((event, arrival));
+        events.push(event.clone());
+        out.push((Record::Event(event), arrival));
     }
-    out
+    // Random epoch splits: an epoch's time is the latest arrival in it, rounded up.
+    let mut timed: Vec<(Record, u64)> = Vec::with_capacity(out.len());
+    let mut group: Vec<Record> = Vec::new();
+    let mut last_time = 0u64;
+    let len = out.len();
+    for (idx, (record, at)) in out.into_iter().enumerate() {
+        group.push(record);
+        if idx + 1 == len || rng.random_bool(new_epoch_odds) {
+            let t = epoch_of(at, 1_000).max(last_time + 1_000);
+            last_time = t;
+            timed.extend(group.drain(..).map(|r| (r, t)));
+        }
+    }
+    timed
 }
 
-/// The events that count: one per `(site, event_id)`, the least, as the dataflow picks it.
-pub fn surviving(events: &[Event]) -> Vec<Event> {
-    let mut by_id: HashMap<(String, String), Event> = HashMap::new();
-    for e in events {
-        let k = (e.site.clone(), e.event_id.clone());
-        match by_id.get(&k) {
-            Some(old) if old <= e => {}
-            _ => {
-                by_id.insert(k, e.clone());
+/// What a family's oracle sees: the records that arrived before `now`, reduced the way the
+/// product promises, by plain Rust.
+pub struct Oracle {
+    /// Surviving events (one per id, the least copy), erased visitors removed, refunds apart.
+    pub hits: Vec<Hit>,
+    pub refunds: Vec<Hit>,
+    pub bots: Vec<BotHit>,
+    /// The frontier: every record with a time before it is in; `None` once input ended.
+    pub now: Option<u64>,
+    pub settings: Settings,
+}
+
+impl Oracle {
+    fn at(stream: &[(Record, u64)], now: Option<u64>, settings: &Settings) -> Oracle {
+        let arrived = stream.iter().filter(|(_, t)| now.is_none_or(|n| *t < n));
+        let mut least: HashMap<(String, String), Event> = HashMap::new();
+        let mut erased: HashSet<(String, u64)> = HashSet::new();
+        let mut bots: HashMap<(String, String), BotHit> = HashMap::new();
+        for (record, _) in arrived {
+            match record {
+                Record::Event(e) => {
+                    let key = (e.site.clone(), e.event_id.clone());
+                    if least.get(&key).is_none_or(|old| e < old) {
+                        least.insert(key, e.clone());
+                    }
+                }
+                Record::Bot(b) => {
+                    let key = (b.site.clone(), b.event_id.clone());
+                    if bots.get(&key).is_none_or(|old| b < old) {
+                        bots.insert(key, b.clone());
+                    }
+                }
+                Record::Erase(x) => {
+                    erased.insert((x.site.clone(), x.visitor));
+                }
+            }
+        }
+        let (refunds, hits): (Vec<Hit>, Vec<Hit>) = least
+            .into_values()
+            .filter(|e| !erased.contains(&(e.site.clone(), e.visitor)))
+            .map(Hit::from)
+            .partition(|h| h.is_refund());
+        Oracle {
+            hits,
+            refunds,
+            bots: bots.into_values().collect(),
+            now,
+            settings: settings.clone(),
+        }
+    }
+}
+
+/// Accumulates expected rows: sums, and distinct counts from the members seen; rows whose
+/// value is zero are not materialized.
+#[derive(Default)]
+pub struct Put {
+    sums: BTreeMap<MetricKey, i64>,
+    distinct: BTreeMap<MetricKey, BTreeSet<u64>>,
+}
+
+impl Put {
+    pub fn add(&mut self, key: MetricKey, n: i64) {
+        *self.sums.entry(key).or_default() += n;
+    }
+
+    /// Counts `member` once in the row `key`.
+    pub fn distinct(&mut self, key: MetricKey, member: u64) {
+        self.distinct.entry(key).or_default().insert(member);
+    }
+
+    pub fn rows(mut self) -> BTreeMap<MetricKey, i64> {
+        for (k, members) in std::mem::take(&mut self.distinct) {
+            self.add(k, members.len() as i64);
+        }
+        self.sums.into_iter().filter(|(_, v)| *v != 0).collect()
+    }
+}
+
+/// The oracle of a visit breakdown: per bucket of each visit's start and each of
+/// `dimensions(visit)`, visits, distinct visitors and (with `bounces`) bounces.
+pub fn oracle_visit_breakdown(
+    o: &Oracle,
+    family: &str,
+    dimensions: fn(&Visit) -> Vec<(&'static str, String)>,
+    bounces: bool,
+) -> BTreeMap<MetricKey, i64> {
+    let mut put = Put::default();
+    for v in oracle_visits(&o.hits, o.settings.visit_timeout_ms) {
+        for g in crate::metric::VISIT_GRANULARITIES {
+            let b = bucket_of(v.start, g, parse_tz(&v.tz));
+            for (d, value) in dimensions(&v) {
+                let key = |m: &str| {
+                    MetricKey::new(&v.site, b, family, m)
+                        .by(d, &value)
+                        .open_until(v.day_end)
+                };
+                put.add(key("visits"), 1);
+                if bounces {
+                    put.add(key("bounces"), v.is_bounce() as i64);
+                }
+                put.distinct(key("visitors"), v.visitor);
             }
         }
     }
-    by_id.into_values().collect()
+    put.rows()
 }
 
-#[derive(Clone, Default)]
-struct MemoryTable(Arc<Mutex<BTreeMap<MetricKey, i64>>>);
+/// The property every family states: its rows equal its oracle after every epoch of random
+/// streams (sizes 50 to 300; `PROPTEST_CASES` raises the number of streams from 6).
+macro_rules! oracle_property {
+    ($test:ident, $family:expr, $oracle:expr) => {
+        proptest::proptest! {
+            #![proptest_config(proptest::test_runner::Config::with_cases(
+                std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(6)
+            ))]
+            #[test]
+            fn $test(seed in proptest::prelude::any::<u64>(), n in 50usize..300) {
+                $crate::testing::check_every_epoch(&$crate::testing::random_stream(seed, n), $family, $oracle);
+            }
+        }
+    };
+}
+pub(crate) use oracle_property;
 
-impl Transaction<MetricKey, i64> for MemoryTable {
-    fn commit(&mut self, batch: &CommitBatch<MetricKey, i64>) -> Result<(), String> {
-        let mut table = self.0.lock().map_err(|e| e.to_string())?;
-        for k in &batch.deletes {
-            table.remove(k);
-        }
-        for (k, v) in &batch.upserts {
-            table.insert(k.clone(), *v);
-        }
-        Ok(())
+/// Visits by plain batch logic: sort each (site, visitor, local day)'s hits by time and cut
+/// where the gap exceeds `timeout`.
+pub fn oracle_visits(hits: &[Hit], timeout: i64) -> Vec<Visit> {
+    let mut groups: BTreeMap<(String, u64, i64), Vec<&Hit>> = BTreeMap::new();
+    for h in hits {
+        let day = bucket_of(h.ts, Granularity::Day, parse_tz(&h.tz));
+        groups
+            .entry((h.site.clone(), h.visitor, day.end))
+            .or_default()
+            .push(h);
     }
+    let mut visits = Vec::new();
+    for ((site, visitor, day_end), mut group) in groups {
+        group.sort_by(|a, b| (a.ts, &a.event_id).cmp(&(b.ts, &b.event_id)));
+        let mut cuts = vec![0];
+        for i in 1..group.len() {
+            if group[i].ts - group[i - 1].ts > timeout {
+                cuts.push(i);
+            }
+        }
+        cuts.push(group.len());
+        for w in cuts.windows(2) {
+            let run = &group[w[0]..w[1]];
+            let views: Vec<&&Hit> = run.iter().filter(|h| h.is_pageview()).collect();
+            let first = views.first().copied().copied().unwrap_or(run[0]);
+            visits.push(Visit {
+                site: site.clone(),
+                visitor,
+                tz: first.tz.clone(),
+                start: run[0].ts,
+                end: run[run.len() - 1].ts,
+                day_end,
+                pageviews: views.len() as i64,
+                interactions: (run.len() - views.len()) as i64,
+                entry_page: views
+                    .first()
+                    .map(|h| h.pathname.clone())
+                    .unwrap_or_default(),
+                exit_page: views.last().map(|h| h.pathname.clone()).unwrap_or_default(),
+                source: first.source.clone(),
+                client: first.client.clone(),
+                country: first.country.clone(),
+                page_times: (1..views.len())
+                    .map(|i| {
+                        (
+                            views[i - 1].ts,
+                            views[i - 1].pathname.clone(),
+                            views[i].ts - views[i - 1].ts,
+                        )
+                    })
+                    .collect(),
+            });
+        }
+    }
+    visits
 }
 
-/// Runs the whole pipeline over `stream` (fed in arrival order, a random number of events per
-/// epoch) and returns the rows of `family` left in the sink's table once every bucket sealed.
-pub fn run_to_completion(stream: &[(Event, i64)], family: &str) -> BTreeMap<MetricKey, i64> {
-    let table = MemoryTable::default();
+/// Runs the whole pipeline over `stream` and, after every completed epoch and at the end,
+/// compares the sink's rows of `family` with `oracle`. A row the sink has sealed must keep
+/// the value the oracle gave it when it sealed, whatever arrives later.
+pub fn check_every_epoch(
+    stream: &[(Record, u64)],
+    family: &str,
+    oracle: fn(&Oracle) -> BTreeMap<MetricKey, i64>,
+) {
+    let settings = test_settings();
+    let lateness = settings.seal_lateness_ms;
+    let table: MemoryTable<MetricKey, i64> = MemoryTable::default();
     let rows = table.0.clone();
+    let owned = stream.to_vec();
+    let family_name = family.to_owned();
+    let snapshot = move || -> BTreeMap<MetricKey, i64> {
+        let t = rows.lock().expect("table lock");
+        t.iter()
+            .filter(|(k, _)| k.family == family_name)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    };
+    // Rows the sink sealed, with the value they had then (absent rows stay absent).
+    let mut frozen: BTreeMap<MetricKey, i64> = BTreeMap::new();
+    let mut previous_frontier = 0u64;
+    let mut expected_at = |now: Option<u64>| -> BTreeMap<MetricKey, i64> {
+        let fresh = oracle(&Oracle::at(&owned, now, &settings));
+        let frontier = now.unwrap_or(u64::MAX);
+        let mut want = BTreeMap::new();
+        for (k, v) in fresh {
+            let seal = k.seal_time(lateness);
+            if seal > frontier {
+                want.insert(k, v);
+            } else if seal > previous_frontier {
+                frozen.insert(k, v);
+            }
+        }
+        previous_frontier = frontier;
+        want.extend(frozen.iter().map(|(k, v)| (k.clone(), *v)));
+        want
+    };
     let stream = stream.to_vec();
+    let settings = test_settings();
+    type Snapshots = Vec<(Option<u64>, BTreeMap<MetricKey, i64>)>;
+    let checks: Arc<Mutex<Snapshots>> = Arc::default();
+    let checks_w = checks.clone();
+    let status_w = Arc::new(SinkStatus::default());
     timely::execute_directly(move |worker| {
-        let settings = Settings {
-            seal_lateness_ms: TEST_LATENESS_MS,
-        };
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, events) = scope.new_collection::<Event, isize>();
-            let out = metrics(events, &settings);
+            let (input, records) = scope.new_collection::<Record, isize>();
+            let out = metrics(records, &settings);
             let progress = Vec::<(u32, u64)>::new()
                 .to_stream(scope)
                 .container::<Vec<_>>();
-            let lateness = settings.seal_lateness_ms;
             let (probe, out) = out.probe();
             transactional_sink(
                 out,
@@ -119,29 +431,42 @@ pub fn run_to_completion(stream: &[(Event, i64)], family: &str) -> BTreeMap<Metr
                 SinkConfig::default(),
                 move |k: &MetricKey| (k.bucket_start, k.seal_time(lateness)),
                 table,
-                Arc::new(SinkStatus::default()),
+                status_w.clone(),
             );
             (input, probe)
         });
-        for (event, arrival) in stream {
-            let t = epoch_of(arrival, EPOCH_MS);
+        for (record, t) in stream {
             if t > *input.time() {
                 input.advance_to(t);
                 input.flush();
                 while probe.less_than(input.time()) {
                     worker.step();
                 }
+                // The sink commits in its own activation after the probe passes (and not at
+                // all when nothing changed).
+                for _ in 0..50 {
+                    if status_w.committed_frontier.load(Ordering::Relaxed) >= t {
+                        break;
+                    }
+                    worker.step();
+                }
+                checks_w.lock().expect("checks").push((Some(t), snapshot()));
             }
-            input.insert(event);
+            input.insert(record);
         }
         input.close();
         while worker.step() {}
+        checks_w.lock().expect("checks").push((None, snapshot()));
     });
-    let table = rows.lock().expect("table lock").clone();
-    table
-        .into_iter()
-        .filter(|(k, _)| k.family == family)
-        .collect()
+    let checks = std::mem::take(&mut *checks.lock().expect("checks"));
+    for (i, (now, got)) in checks.into_iter().enumerate() {
+        let want = expected_at(now);
+        assert_same_rows(
+            &got,
+            &want,
+            &format!("{family}, check {i} at frontier {now:?}"),
+        );
+    }
 }
 
 /// Compares two tables and reports the first few differing rows instead of both tables.

@@ -42,6 +42,29 @@ pub trait Transaction<K, V> {
     fn commit(&mut self, batch: &CommitBatch<K, V>) -> Result<(), String>;
 }
 
+/// A table in memory: what tests, and in-process recomputes, commit into.
+#[derive(Clone, Debug)]
+pub struct MemoryTable<K, V>(pub Arc<std::sync::Mutex<BTreeMap<K, V>>>);
+
+impl<K, V> Default for MemoryTable<K, V> {
+    fn default() -> Self {
+        MemoryTable(Arc::default())
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> Transaction<K, V> for MemoryTable<K, V> {
+    fn commit(&mut self, batch: &CommitBatch<K, V>) -> Result<(), String> {
+        let mut table = self.0.lock().map_err(|e| e.to_string())?;
+        for k in &batch.deletes {
+            table.remove(k);
+        }
+        for (k, v) in &batch.upserts {
+            table.insert(k.clone(), v.clone());
+        }
+        Ok(())
+    }
+}
+
 /// Settings of [`transactional_sink`].
 #[derive(Clone, Debug, Default)]
 pub struct SinkConfig {

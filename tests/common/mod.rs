@@ -207,8 +207,34 @@ pub fn spawn_engine(setup: &Setup, processes: usize, workers: usize, scratch: &P
         .collect()
 }
 
+/// What the tests' "browser" sends: a desktop Chrome. Requests without a user agent are bots.
+pub const BROWSER_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.71 Safari/537.36";
+
 pub fn post(url: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
+    post_as(url, body, bearer, BROWSER_UA)
+}
+
+pub fn post_as(url: &str, body: &Value, bearer: Option<&str>, user_agent: &str) -> (u16, Value) {
+    post_with(url, body, bearer, &[("user-agent", user_agent)])
+}
+
+/// A POST with extra headers (user agent, X-Forwarded-For…).
+pub fn post_with(
+    url: &str,
+    body: &Value,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
     let mut req = reqwest::blocking::Client::new().post(url).json(body);
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+    {
+        req = req.header("user-agent", BROWSER_UA);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
     if let Some(b) = bearer {
         req = req.bearer_auth(b);
     }
@@ -224,6 +250,7 @@ pub fn post(url: &str, body: &Value, bearer: Option<&str>) -> (u16, Value) {
 pub fn post_raw(url: &str, body: Vec<u8>, content_type: &str) -> (u16, Value) {
     let resp = reqwest::blocking::Client::new()
         .post(url)
+        .header("user-agent", BROWSER_UA)
         .header("content-type", content_type)
         .body(body)
         .send()

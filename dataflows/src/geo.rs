@@ -1,0 +1,42 @@
+//! `geo`: per country (ISO 3166-1 alpha-2, or `unknown`): visitors and visits.
+
+use differential_dataflow::VecCollection;
+
+use crate::aggregate::visit_breakdown;
+use crate::metric::MetricRow;
+use crate::pipeline::Inputs;
+use crate::registry::Family;
+use crate::settings::Settings;
+use crate::visits::Visit;
+
+pub const FAMILY: Family = Family {
+    name: "geo",
+    metrics: &["visitors", "visits"],
+    dimensions: &["country"],
+    build,
+};
+
+fn dimensions(v: &Visit) -> Vec<(&'static str, String)> {
+    vec![("country", v.country.clone())]
+}
+
+fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, MetricRow> {
+    visit_breakdown(inputs.visits.clone(), FAMILY.name, dimensions, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{oracle_property, oracle_visit_breakdown, Oracle};
+    use crate::visits::Visit;
+
+    /// The dimensions as the product defines them, spelled out again here.
+    fn expected_dimensions(v: &Visit) -> Vec<(&'static str, String)> {
+        vec![("country", v.country.clone())]
+    }
+
+    fn oracle(o: &Oracle) -> std::collections::BTreeMap<crate::MetricKey, i64> {
+        oracle_visit_breakdown(o, "geo", expected_dimensions, false)
+    }
+
+    oracle_property!(geo_equal_oracle_at_every_epoch, "geo", oracle);
+}

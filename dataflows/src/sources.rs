@@ -1,0 +1,78 @@
+//! `sources`: per source, referrer, channel and each UTM field: visitors, visits and
+//! bounces of the visits they brought (attributed by the visit's first pageview).
+
+use differential_dataflow::VecCollection;
+
+use crate::aggregate::visit_breakdown;
+use crate::metric::MetricRow;
+use crate::pipeline::Inputs;
+use crate::registry::Family;
+use crate::settings::Settings;
+use crate::visits::Visit;
+
+pub const FAMILY: Family = Family {
+    name: "sources",
+    metrics: &["visitors", "visits", "bounces"],
+    dimensions: &[
+        "source",
+        "referrer",
+        "channel",
+        "utm_source",
+        "utm_medium",
+        "utm_campaign",
+        "utm_term",
+        "utm_content",
+    ],
+    build,
+};
+
+fn dimensions(v: &Visit) -> Vec<(&'static str, String)> {
+    let s = &v.source;
+    [
+        ("source", s.source.clone()),
+        ("referrer", s.referrer.clone()),
+        ("channel", s.channel.as_str().to_owned()),
+        ("utm_source", s.utm_source.clone()),
+        ("utm_medium", s.utm_medium.clone()),
+        ("utm_campaign", s.utm_campaign.clone()),
+        ("utm_term", s.utm_term.clone()),
+        ("utm_content", s.utm_content.clone()),
+    ]
+    .into_iter()
+    // Direct visits have no referrer and most have no campaign: no empty rows for them.
+    .filter(|(_, value)| !value.is_empty())
+    .collect()
+}
+
+fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, MetricRow> {
+    visit_breakdown(inputs.visits.clone(), FAMILY.name, dimensions, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{oracle_property, oracle_visit_breakdown, Oracle};
+    use crate::visits::Visit;
+
+    /// The dimensions as the product defines them, spelled out again here.
+    fn expected_dimensions(v: &Visit) -> Vec<(&'static str, String)> {
+        [
+            ("source", v.source.source.clone()),
+            ("referrer", v.source.referrer.clone()),
+            ("channel", v.source.channel.as_str().to_string()),
+            ("utm_source", v.source.utm_source.clone()),
+            ("utm_medium", v.source.utm_medium.clone()),
+            ("utm_campaign", v.source.utm_campaign.clone()),
+            ("utm_term", v.source.utm_term.clone()),
+            ("utm_content", v.source.utm_content.clone()),
+        ]
+        .into_iter()
+        .filter(|(_, x)| !x.is_empty())
+        .collect()
+    }
+
+    fn oracle(o: &Oracle) -> std::collections::BTreeMap<crate::MetricKey, i64> {
+        oracle_visit_breakdown(o, "sources", expected_dimensions, true)
+    }
+
+    oracle_property!(sources_equal_oracle_at_every_epoch, "sources", oracle);
+}

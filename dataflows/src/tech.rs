@@ -1,0 +1,66 @@
+//! `tech`: per device type, browser, browser version, operating system and its version:
+//! visitors and visits (from the visit's first pageview).
+
+use differential_dataflow::VecCollection;
+
+use crate::aggregate::visit_breakdown;
+use crate::metric::MetricRow;
+use crate::pipeline::Inputs;
+use crate::registry::Family;
+use crate::settings::Settings;
+use crate::visits::Visit;
+
+pub const FAMILY: Family = Family {
+    name: "tech",
+    metrics: &["visitors", "visits"],
+    dimensions: &["device", "browser", "browser_version", "os", "os_version"],
+    build,
+};
+
+fn dimensions(v: &Visit) -> Vec<(&'static str, String)> {
+    let c = &v.client;
+    vec![
+        ("device", c.device.clone()),
+        ("browser", c.browser.clone()),
+        // Versions are only meaningful next to their name: "Chrome 120".
+        (
+            "browser_version",
+            format!("{} {}", c.browser, c.browser_version),
+        ),
+        ("os", c.os.clone()),
+        ("os_version", format!("{} {}", c.os, c.os_version)),
+    ]
+}
+
+fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, MetricRow> {
+    visit_breakdown(inputs.visits.clone(), FAMILY.name, dimensions, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{oracle_property, oracle_visit_breakdown, Oracle};
+    use crate::visits::Visit;
+
+    /// The dimensions as the product defines them, spelled out again here.
+    fn expected_dimensions(v: &Visit) -> Vec<(&'static str, String)> {
+        vec![
+            ("device", v.client.device.clone()),
+            ("browser", v.client.browser.clone()),
+            (
+                "browser_version",
+                format!("{} {}", v.client.browser, v.client.browser_version),
+            ),
+            ("os", v.client.os.clone()),
+            (
+                "os_version",
+                format!("{} {}", v.client.os, v.client.os_version),
+            ),
+        ]
+    }
+
+    fn oracle(o: &Oracle) -> std::collections::BTreeMap<crate::MetricKey, i64> {
+        oracle_visit_breakdown(o, "tech", expected_dimensions, false)
+    }
+
+    oracle_property!(tech_equal_oracle_at_every_epoch, "tech", oracle);
+}

@@ -1,0 +1,533 @@
+//! Every family end to end: HTTP (real user agents, forwarded client IPs) → Kafka → two engine
+//! processes → Postgres → query API, with late, shuffled and retried events, goals with
+//! properties, purchases and refunds, bots, and an erasure in the middle of the stream.
+//! The expected numbers are computed here, by plain Rust over the JSON that was sent.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.71 Safari/537.36";
+const SAFARI: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
+const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
+const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+const TIMEOUT_MS: i64 = 30 * 60_000;
+
+/// One request as sent: site index, event JSON, user agent, forwarded client IP.
+#[derive(Clone)]
+struct Sent {
+    site: usize,
+    event: Value,
+    agent: &'static str,
+    ip: &'static str,
+}
+
+fn browser_of(agent: &str) -> &'static str {
+    match agent {
+        CHROME => "Chrome",
+        SAFARI => "Safari",
+        _ => "Firefox",
+    }
+}
+
+fn country_of(ip: &str) -> &'static str {
+    match ip {
+        "8.8.8.8" => "US",
+        _ => "AU",
+    }
+}
+
+fn generate(seed: u64, n: usize, now: i64) -> Vec<Sent> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let agents = [CHROME, SAFARI, FIREFOX];
+    let ips = ["8.8.8.8", "1.1.1.1"];
+    let referrers = [
+        Value::Null,
+        json!("https://www.google.com/search?q=shoes"),
+        json!("https://t.co/abc"),
+    ];
+    let mut out: Vec<Sent> = Vec::new();
+    let mut purchases: Vec<(usize, String, i64)> = Vec::new();
+    for i in 0..n {
+        if i > 10 && rng.random_bool(0.1) {
+            let again = out[rng.random_range(0..out.len())].clone();
+            out.push(again);
+            continue;
+        }
+        let site = rng.random_range(0..2);
+        let visitor = rng.random_range(0..25);
+        // A visitor keeps their browser and address.
+        let agent = agents[visitor % agents.len()];
+        let ip = ips[visitor % ips.len()];
+        let ts = now - rng.random_range(0..3_000_000);
+        let page = ["/", "/shoes", "/cart"][rng.random_range(0..3)];
+        let campaign = if rng.random_bool(0.2) {
+            "?utm_source=newsletter&utm_medium=email"
+        } else {
+            ""
+        };
+        let mut e = json!({
+            "name": "pageview",
+            "url": format!("https://shop{site}.test{page}{campaign}"),
+            "referrer": referrers[rng.random_range(0..referrers.len())],
+            "event_id": format!("ev-{seed}-{i}"),
+            "visitor_id": format!("visitor-{visitor}"),
+            "ts": ts,
+        });
+        let kind = rng.random_range(0..100);
+        let mut agent = agent;
+        if kind < 5 {
+            agent = GOOGLEBOT;
+        } else if kind < 20 {
+            e["name"] = json!("signup");
+            let plan = ["free", "pro"][rng.random_range(0..2)];
+            e["props"] = json!({ "plan": plan });
+        } else if kind < 32 {
+            e["name"] = json!("purchase");
+            let currency = ["EUR", "USD"][rng.random_range(0..2)];
+            let amount = format!(
+                "{}.{:02}",
+                rng.random_range(1..90),
+                rng.random_range(0..100)
+            );
+            e["revenue"] = json!({ "amount": amount, "currency": currency });
+            purchases.push((site, format!("ev-{seed}-{i}"), ts));
+        } else if kind < 36 {
+            if let Some((psite, id, pts)) = purchases.iter().rev().find(|p| p.0 == site).cloned() {
+                e["name"] = json!("refund");
+                e["refund_of"] = json!(id);
+                e["ts"] = json!(ts.max(pts));
+                let _ = psite;
+            }
+        }
+        out.push(Sent {
+            site,
+            event: e,
+            agent,
+            ip,
+        });
+    }
+    out
+}
+
+fn day(ts: i64, tz: Tz) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ts)
+        .unwrap()
+        .with_timezone(&tz)
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// (query name, site, day, breakdown value) → number
+type Expected = BTreeMap<(String, usize, String, String), String>;
+
+fn source_of(e: &Value) -> &'static str {
+    let url = e["url"].as_str().unwrap_or_default();
+    if url.contains("utm_source=newsletter") {
+        return "newsletter";
+    }
+    match e["referrer"].as_str() {
+        Some(r) if r.contains("google") => "Google",
+        Some(r) if r.contains("t.co") => "Twitter",
+        _ => "Direct / None",
+    }
+}
+
+fn oracle(sent: &[Sent], tzs: &[Tz], erased: &HashSet<(usize, String)>) -> Expected {
+    let mut seen = HashSet::new();
+    let mut events: Vec<&Sent> = Vec::new();
+    let mut bots: BTreeMap<(usize, String), i64> = BTreeMap::new();
+    for s in sent {
+        if !seen.insert((s.site, s.event["event_id"].as_str().unwrap().to_owned())) {
+            continue;
+        }
+        let ts = s.event["ts"].as_i64().unwrap();
+        if s.agent == GOOGLEBOT {
+            *bots.entry((s.site, day(ts, tzs[s.site]))).or_default() += 1;
+            continue;
+        }
+        if erased.contains(&(s.site, s.event["visitor_id"].as_str().unwrap().to_owned())) {
+            continue;
+        }
+        events.push(s);
+    }
+    let refunded: HashSet<(usize, String)> = events
+        .iter()
+        .filter(|s| s.event["name"] == "refund")
+        .map(|s| (s.site, s.event["refund_of"].as_str().unwrap().to_owned()))
+        .collect();
+    let activity: Vec<&Sent> = events
+        .into_iter()
+        .filter(|s| s.event["name"] != "refund")
+        .collect();
+    let mut out = Expected::new();
+    let mut put = |q: &str, site: usize, d: String, v: String, n: i64| {
+        let e = out
+            .entry((q.to_owned(), site, d, v))
+            .or_insert_with(|| "0".into());
+        *e = (e.parse::<i64>().unwrap() + n).to_string();
+    };
+    let mut visitors: BTreeMap<(usize, String), BTreeSet<String>> = BTreeMap::new();
+    let mut by_browser: BTreeMap<(usize, String, &str), BTreeSet<String>> = BTreeMap::new();
+    let mut revenue: BTreeMap<(usize, String, String), i64> = BTreeMap::new();
+    let mut per_visitor_day: BTreeMap<(usize, String, String), Vec<&Sent>> = BTreeMap::new();
+    for s in &activity {
+        let ts = s.event["ts"].as_i64().unwrap();
+        let d = day(ts, tzs[s.site]);
+        let name = s.event["name"].as_str().unwrap();
+        let visitor = s.event["visitor_id"].as_str().unwrap().to_owned();
+        put(
+            "pageviews",
+            s.site,
+            d.clone(),
+            String::new(),
+            (name == "pageview") as i64,
+        );
+        put("events", s.site, d.clone(), String::new(), 1);
+        visitors
+            .entry((s.site, d.clone()))
+            .or_default()
+            .insert(visitor.clone());
+        by_browser
+            .entry((s.site, d.clone(), browser_of(s.agent)))
+            .or_default()
+            .insert(visitor.clone());
+        if name != "pageview" {
+            put("conversions", s.site, d.clone(), name.to_owned(), 1);
+        }
+        if let Some(rev) = s.event.get("revenue") {
+            if !refunded.contains(&(s.site, s.event["event_id"].as_str().unwrap().to_owned())) {
+                let (whole, frac) = rev["amount"].as_str().unwrap().split_once('.').unwrap();
+                let cents = whole.parse::<i64>().unwrap() * 100 + frac.parse::<i64>().unwrap();
+                *revenue
+                    .entry((
+                        s.site,
+                        d.clone(),
+                        format!("{name} {}", rev["currency"].as_str().unwrap()),
+                    ))
+                    .or_default() += cents;
+            }
+        }
+        per_visitor_day
+            .entry((s.site, d, visitor))
+            .or_default()
+            .push(s);
+    }
+    for ((site, d), v) in visitors {
+        put("visitors", site, d, String::new(), v.len() as i64);
+    }
+    for ((site, d, browser), v) in by_browser {
+        put(
+            "visitors_by_browser",
+            site,
+            d,
+            browser.to_owned(),
+            v.len() as i64,
+        );
+    }
+    for ((site, d), n) in bots {
+        put("bot_events", site, d, String::new(), n);
+    }
+    // Visits: a visitor's events of one local day, cut at gaps over 30 minutes; attributed by
+    // the first pageview. Events are sorted by time, then id, as the engine sorts ties.
+    for ((site, d, _), mut evs) in per_visitor_day {
+        evs.sort_by_key(|s| {
+            (
+                s.event["ts"].as_i64().unwrap(),
+                s.event["event_id"].as_str().unwrap().to_owned(),
+            )
+        });
+        let mut runs: Vec<Vec<&Sent>> = Vec::new();
+        for s in evs {
+            let ts = s.event["ts"].as_i64().unwrap();
+            match runs.last_mut() {
+                Some(run)
+                    if ts - run.last().unwrap().event["ts"].as_i64().unwrap() <= TIMEOUT_MS =>
+                {
+                    run.push(s)
+                }
+                _ => runs.push(vec![s]),
+            }
+        }
+        for run in runs {
+            let views: Vec<&&Sent> = run
+                .iter()
+                .filter(|s| s.event["name"] == "pageview")
+                .collect();
+            let first = views.first().copied().copied().unwrap_or(run[0]);
+            put("visits", site, d.clone(), String::new(), 1);
+            put(
+                "bounces",
+                site,
+                d.clone(),
+                String::new(),
+                (views.len() == 1 && run.len() == 1) as i64,
+            );
+            put(
+                "visits_by_source",
+                site,
+                d.clone(),
+                source_of(&first.event).to_owned(),
+                1,
+            );
+            put(
+                "visits_by_country",
+                site,
+                d.clone(),
+                country_of(first.ip).to_owned(),
+                1,
+            );
+        }
+    }
+    for ((site, d, key), cents) in revenue {
+        out.insert(
+            ("total_revenue".into(), site, d, key),
+            format!("{:.2}", cents as f64 / 100.0),
+        );
+    }
+    out.retain(|_, v| v != "0" && v != "0.00");
+    out
+}
+
+/// (name, metric, breakdown) of each query asked per site and day.
+const QUERIES: &[(&str, &str, &[&str])] = &[
+    ("pageviews", "pageviews", &[]),
+    ("events", "events", &[]),
+    ("visitors", "visitors", &[]),
+    ("bot_events", "bot_events", &[]),
+    ("visits", "visits", &[]),
+    ("bounces", "bounces", &[]),
+    ("visits_by_source", "visits", &["source"]),
+    ("visits_by_country", "visits", &["country"]),
+    ("visitors_by_browser", "visitors", &["browser"]),
+    ("conversions", "conversions", &["goal"]),
+    ("total_revenue", "total_revenue", &["goal", "currency"]),
+];
+
+fn observed(setup: &Setup, sites: &[(String, String)]) -> Option<Expected> {
+    let now = Utc::now();
+    let from = (now - chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    let to = (now + chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    let mut out = Expected::new();
+    for (i, (site, key)) in sites.iter().enumerate() {
+        for (name, metric, breakdown) in QUERIES {
+            let mut dims = vec!["time:day".to_string()];
+            dims.extend(breakdown.iter().map(|d| d.to_string()));
+            let (status, body) = post(
+                &setup.url("/api/v1/query"),
+                &json!({"site_id": site, "metrics": [metric], "date_range": [from, to], "dimensions": dims}),
+                Some(key),
+            );
+            if status != 200 {
+                eprintln!("{name}: {status} {body}");
+                return None;
+            }
+            for row in body["results"].as_array()? {
+                let d: Vec<&str> = row["dimensions"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect();
+                let value = &row["metrics"][0];
+                let shown = if value.is_f64() {
+                    format!("{:.2}", value.as_f64()?)
+                } else {
+                    value.to_string()
+                };
+                if shown == "0" || shown == "0.00" {
+                    continue;
+                }
+                out.insert(
+                    (name.to_string(), i, d[0].to_owned(), d[1..].join(" ")),
+                    shown,
+                );
+            }
+        }
+    }
+    Some(out)
+}
+
+#[test]
+fn every_family_through_kafka_and_two_engine_processes_equals_the_oracle() {
+    let (brokers, topic) = fresh_topic(4);
+    let db = fresh_database();
+    let geo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".deps/geo/geo-whois-asn-country.mmdb");
+    assert!(
+        geo.exists(),
+        "run scripts/install-deps.sh: {} is missing",
+        geo.display()
+    );
+    let setup = Setup::new(&db, &LogChoice::Kafka { brokers, topic })
+        .with(
+            "CLICKFLOW__COLLECTOR__GEOIP_DB",
+            &format!("{:?}", geo.display().to_string()),
+        )
+        .with(
+            "CLICKFLOW__COLLECTOR__TRUSTED_PROXIES",
+            "[\"127.0.0.1/32\"]",
+        )
+        .with("CLICKFLOW__API__ADMIN_TOKEN", "\"admin-secret\"");
+    setup.run(&["migrate"]);
+    let zones = [("shop0.test", "UTC"), ("shop1.test", "Europe/Paris")];
+    let sites: Vec<(String, String)> = zones.iter().map(|(d, tz)| setup.add_site(d, tz)).collect();
+    let tzs: Vec<Tz> = zones.iter().map(|(_, tz)| tz.parse().unwrap()).collect();
+    let _server = setup.spawn(&["serve"]);
+    setup.wait_healthy();
+    let scratch = tempfile::tempdir().unwrap();
+    let _engine = spawn_engine(&setup, 2, 1, scratch.path());
+
+    let now = Utc::now().timestamp_millis();
+    let sent = generate(7, 500, now);
+    let send = |batch: &[Sent]| {
+        for s in batch {
+            let mut e = s.event.clone();
+            e["site"] = json!(sites[s.site].0);
+            let (status, body) = post_with(
+                &setup.url("/api/event"),
+                &e,
+                None,
+                &[("user-agent", s.agent), ("x-forwarded-for", s.ip)],
+            );
+            assert_eq!(status, 202, "{e}: {body}");
+        }
+    };
+    let (a, b) = sent.split_at(sent.len() / 2);
+    send(a);
+    // Erase a visitor of site 0 mid-stream: their earlier events are retracted, later ones
+    // never count.
+    let (status, body) = post(
+        &setup.url("/api/v1/admin/erase"),
+        &json!({"site_id": sites[0].0, "visitor_id": "visitor-3"}),
+        None,
+    );
+    assert_eq!(status, 401, "the admin token is required: {body}");
+    let (status, body) = post(
+        &setup.url("/api/v1/admin/erase"),
+        &json!({"site_id": sites[0].0, "visitor_id": "visitor-3"}),
+        Some("admin-secret"),
+    );
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = post(
+        &setup.url("/api/v1/admin/erase"),
+        &json!({"site_id": "nope", "visitor_id": "v"}),
+        Some("admin-secret"),
+    );
+    assert_eq!(status, 404, "{body}");
+    send(b);
+
+    let erased: HashSet<(usize, String)> = [(0, "visitor-3".to_owned())].into();
+    let want = oracle(&sent, &tzs, &erased);
+    assert!(
+        want.keys().any(|k| k.0 == "total_revenue"),
+        "the stream has revenue"
+    );
+    assert!(
+        want.keys().any(|k| k.0 == "bot_events"),
+        "the stream has bots"
+    );
+    let mut last = Expected::new();
+    let matched = eventually(Duration::from_secs(120), || {
+        last = observed(&setup, &sites)?;
+        (last == want).then_some(())
+    });
+    if matched.is_none() {
+        let diffs: Vec<String> = want
+            .iter()
+            .filter(|(k, v)| last.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k:?}: want {v} got {:?}", last.get(k)))
+            .chain(
+                last.iter()
+                    .filter(|(k, _)| !want.contains_key(*k))
+                    .map(|(k, v)| format!("{k:?}: unexpected {v}")),
+            )
+            .take(20)
+            .collect();
+        panic!("the API never matched the oracle:\n{}", diffs.join("\n"));
+    }
+    // Visitors over the whole range, without a time dimension: the merged HyperLogLog
+    // registers of the range's days, exact at this size.
+    let now = Utc::now();
+    let range = [
+        (now - chrono::Duration::days(1))
+            .format("%Y-%m-%d")
+            .to_string(),
+        (now + chrono::Duration::days(1))
+            .format("%Y-%m-%d")
+            .to_string(),
+    ];
+    for (i, (site, key)) in sites.iter().enumerate() {
+        let distinct: HashSet<&str> = sent
+            .iter()
+            .filter(|s| s.site == i && s.agent != GOOGLEBOT && s.event["name"] != "refund")
+            .map(|s| s.event["visitor_id"].as_str().unwrap())
+            .filter(|v| !erased.contains(&(i, v.to_string())))
+            .collect();
+        let (status, body) = post(
+            &setup.url("/api/v1/query"),
+            &json!({"site_id": site, "metrics": ["visitors", "visits"], "date_range": range}),
+            Some(key),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["results"][0]["metrics"][0],
+            json!(distinct.len()),
+            "{body}"
+        );
+        assert!(body["meta"]["estimated"]["visitors"].is_string(), "{body}");
+    }
+    // The erasure's recompute found no sealed day to rebuild (everything is minutes old).
+    let (status, body) = reqwest_get(
+        &setup.url(&format!("/api/v1/admin/erasures?site_id={}", sites[0].0)),
+        "admin-secret",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["erasures"][0]["status"], json!("done"), "{body}");
+
+    // Realtime: visitors active in the last five minutes, pageviews per minute.
+    let (status, body) = reqwest_get(
+        &setup.url(&format!("/api/v1/realtime?site_id={}", sites[1].0)),
+        &sites[1].1,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["pageviews_per_minute"].as_array().map(|a| a.len()),
+        Some(30),
+        "{body}"
+    );
+    let recent: HashSet<String> = sent
+        .iter()
+        .filter(|s| s.site == 1 && s.agent != GOOGLEBOT && s.event["name"] != "refund")
+        .filter(|s| s.event["ts"].as_i64().unwrap() + 300_000 >= Utc::now().timestamp_millis())
+        .map(|s| s.event["visitor_id"].as_str().unwrap().to_owned())
+        .collect();
+    let current = body["current_visitors"].as_i64().unwrap();
+    // Visitors drop out as the clock moves while we ask, never in.
+    assert!(
+        current >= recent.len() as i64 - 3 && current <= 25,
+        "{current} vs {}: {body}",
+        recent.len()
+    );
+}
+
+fn reqwest_get(url: &str, bearer: &str) -> (u16, Value) {
+    let resp = reqwest::blocking::Client::new()
+        .get(url)
+        .bearer_auth(bearer)
+        .send()
+        .expect("GET");
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
