@@ -6,6 +6,9 @@
 //! Events are fed in epochs of 10 000 (time advances per batch, never per event), spread over
 //! 200 sites and 50 000 visitors, with event times over one day.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use clickflow_dataflows::event::{Client, Revenue};

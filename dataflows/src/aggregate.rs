@@ -67,7 +67,7 @@ where
 /// that `dimensions` gives the visit, the rows `visits`, `visitors` (distinct) and, with
 /// `bounces`, `bounces`. Rows stay open until the end of the visit's day.
 pub fn visit_breakdown<'s>(
-    visits: VecCollection<'s, u64, Visit>,
+    visits: VecCollection<'s, u64, std::sync::Arc<Visit>>,
     family: &'static str,
     dimensions: fn(&Visit) -> Vec<(&'static str, String)>,
     bounces: bool,

@@ -51,7 +51,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
             })
         });
     let ends = |entry: bool| {
-        move |v: crate::visits::Visit| {
+        move |v: std::sync::Arc<crate::visits::Visit>| {
             let tz = parse_tz(&v.tz);
             let path = if entry { &v.entry_page } else { &v.exit_page };
             if path.is_empty() {

@@ -1,6 +1,8 @@
 //! The stages every family shares: expiry of sealed state, erasure, deduplication by event
 //! id, enrichment and sessionization. Families read the result as [`Inputs`].
 
+use std::sync::Arc;
+
 use clickflow_operators::expiry::Expire;
 use clickflow_operators::time::{bucket_of, parse_tz, seal_time, Granularity};
 use differential_dataflow::collection::concatenate;
@@ -15,13 +17,17 @@ use crate::visits::{visits, Visit};
 
 /// What every family builds on. All collections are over ingest time and already free of
 /// duplicates, erased visitors and state of sealed days.
+///
+/// Hits and visits are shared (`Arc`): every family reads them, and a stream with many
+/// readers hands each its own copy, which for a struct of a dozen strings was most of the
+/// engine's time in malloc.
 pub struct Inputs<'s> {
     /// Pageviews and custom events (refunds are not visitor activity and live apart).
-    pub hits: VecCollection<'s, u64, Hit>,
+    pub hits: VecCollection<'s, u64, Arc<Hit>>,
     /// `refund` events; `refund_of` names the purchase they take back.
-    pub refunds: VecCollection<'s, u64, Hit>,
+    pub refunds: VecCollection<'s, u64, Arc<Hit>>,
     /// Visits rebuilt from `hits`.
-    pub visits: VecCollection<'s, u64, Visit>,
+    pub visits: VecCollection<'s, u64, Arc<Visit>>,
     /// Hits the collector recognised as bots.
     pub bots: VecCollection<'s, u64, BotHit>,
 }
@@ -79,11 +85,11 @@ pub fn prepare<'s>(records: VecCollection<'s, u64, Record>, settings: &Settings)
         .map(|e| ((e.site.clone(), e.visitor), e))
         .antijoin(erased)
         .map(|(_, e)| e);
-    let all = dedupe(kept).map(Hit::from);
+    let all = dedupe(kept).map(|e| Arc::new(Hit::from(e)));
     let refunds = all.clone().filter(|h| h.is_refund());
     let hits = all.filter(|h| !h.is_refund());
     Inputs {
-        visits: visits(hits.clone(), settings),
+        visits: visits(hits.clone(), settings).map(Arc::new),
         hits,
         refunds,
         bots,

@@ -34,7 +34,7 @@ fn build<'s>(inputs: &Inputs<'s>, settings: &Settings) -> VecCollection<'s, u64,
     let active = inputs
         .hits
         .clone()
-        .map(|h| (h.site, h.visitor, h.ts))
+        .map(|h| (h.site.clone(), h.visitor, h.ts))
         .expire_at(move |(_, _, ts)| ts.saturating_add(window).max(0) as u64)
         .map(|(site, visitor, _)| (site, visitor));
     count_distinct_rows(active, |site: String| {

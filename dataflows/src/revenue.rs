@@ -27,7 +27,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
     let refunded = inputs
         .refunds
         .clone()
-        .flat_map(|r| r.refund_of.map(|id| (r.site, id)))
+        .flat_map(|r| r.refund_of.clone().map(|id| (r.site.clone(), id)))
         .distinct();
     let paid = inputs
         .hits
@@ -39,7 +39,11 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
         .antijoin(refunded)
         .flat_map(|(_, (h, micros))| {
             let tz = parse_tz(&h.tz);
-            let currency = h.revenue.map(|r| r.currency).unwrap_or_default();
+            let currency = h
+                .revenue
+                .as_ref()
+                .map(|r| r.currency.clone())
+                .unwrap_or_default();
             let value = join_dimensions(&[&h.name, &currency], VALUE_SEPARATOR);
             VISIT_GRANULARITIES.map(|g| {
                 (

@@ -63,23 +63,23 @@ struct Step {
 
 /// Groups `hits` into visits per (site, visitor, day in the site's zone).
 pub fn visits<'s>(
-    hits: VecCollection<'s, u64, Hit>,
+    hits: VecCollection<'s, u64, std::sync::Arc<Hit>>,
     settings: &Settings,
 ) -> VecCollection<'s, u64, Visit> {
     let timeout = settings.visit_timeout_ms;
     hits.map(|h| {
         let day = bucket_of(h.ts, Granularity::Day, parse_tz(&h.tz));
         (
-            (h.site, h.visitor, day.end),
+            (h.site.clone(), h.visitor, day.end),
             Step {
                 ts: h.ts,
-                event_id: h.event_id,
-                pageview: h.name == crate::event::PAGEVIEW,
-                pathname: h.pathname,
-                tz: h.tz,
-                source: h.source,
-                client: h.client,
-                country: h.country,
+                event_id: h.event_id.clone(),
+                pageview: h.is_pageview(),
+                pathname: h.pathname.clone(),
+                tz: h.tz.clone(),
+                source: h.source.clone(),
+                client: h.client.clone(),
+                country: h.country.clone(),
             },
         )
     })

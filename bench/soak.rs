@@ -1,0 +1,141 @@
+//! Memory over a long simulated run: several days of constant traffic through the whole
+//! pipeline (every family), ingest time advancing with the simulated clock, so state should
+//! plateau once the first days seal and expire.
+//!
+//!     cargo bench --bench soak -- [days] [events per day]
+//!
+//! Prints, at the end of each simulated day, the resident set (VmRSS), the peak so far
+//! (VmHWM) and the day's throughput. Flat RSS from day 3 on is the target.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::time::Instant;
+
+use clickflow_dataflows::event::{Client, Revenue};
+use clickflow_dataflows::{pipeline, Event, Record, Settings};
+use differential_dataflow::input::Input;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn event(rng: &mut StdRng, i: u64, now: i64) -> Record {
+    let site = rng.random_range(0..100u32);
+    let visitor = rng
+        .random_range(0..20_000u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let kind = rng.random_range(0..100);
+    let (name, revenue) = match kind {
+        0..75 => ("pageview", None),
+        75..90 => ("signup", None),
+        _ => (
+            "purchase",
+            Some(Revenue {
+                amount: format!("{}.99", rng.random_range(1..100)),
+                currency: "EUR".into(),
+            }),
+        ),
+    };
+    Record::Event(Event {
+        site: format!("site{site}"),
+        event_id: format!("e{i}"),
+        name: name.into(),
+        // mostly on time, some up to an hour late
+        ts: now
+            - if rng.random_bool(0.1) {
+                rng.random_range(0..3_600_000)
+            } else {
+                rng.random_range(0..5_000)
+            },
+        received: now,
+        visitor,
+        url: format!("https://site{site}.test/p{}", rng.random_range(0..30)),
+        referrer: rng
+            .random_bool(0.3)
+            .then(|| "https://www.google.com/".to_string()),
+        props: if (75..90).contains(&kind) {
+            vec![("plan".into(), "pro".into())]
+        } else {
+            Vec::new()
+        },
+        revenue,
+        refund_of: None,
+        tz: if site % 2 == 0 {
+            "UTC".into()
+        } else {
+            "Europe/Paris".into()
+        },
+        client: Client::default(),
+        country: ["FR", "US", "DE"][rng.random_range(0..3)].into(),
+    })
+}
+
+fn main() {
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let days = args.first().copied().unwrap_or(5);
+    let per_day = args.get(1).copied().unwrap_or(200_000);
+    println!("soak: {days} simulated days × {per_day} events/day, all families, 1 worker");
+    println!("  day  events/s  VmRSS MiB  VmHWM MiB");
+    timely::execute_directly(move |worker| {
+        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, records) = scope.new_collection::<Record, isize>();
+            let settings = Settings::default();
+            // SOAK_FAMILIES=traffic,sessions limits the run to those families (diagnosis).
+            let only = std::env::var("SOAK_FAMILIES").ok();
+            let inputs = pipeline::prepare(records, &settings);
+            let rows = differential_dataflow::collection::concatenate(
+                scope,
+                clickflow_dataflows::registry::FAMILIES
+                    .iter()
+                    .filter(|f| {
+                        only.as_deref()
+                            .is_none_or(|o| o.split(',').any(|n| n == f.name))
+                    })
+                    .map(|f| (f.build)(&inputs, &settings)),
+            );
+            let (probe, _) = rows.probe();
+            (input, probe)
+        });
+        let mut rng = StdRng::seed_from_u64(1);
+        let start_ms = 1_795_392_000_000i64; // a UTC midnight
+        let step = 86_400_000 / per_day as i64;
+        let mut i = 0u64;
+        for day in 0..days {
+            let began = Instant::now();
+            for k in 0..per_day {
+                let now = start_ms + (day * per_day + k) as i64 * step;
+                input.insert(event(&mut rng, i, now));
+                i += 1;
+                // an epoch per second of simulated time (batches, never single events)
+                let t = (now as u64).div_ceil(1_000) * 1_000;
+                if t > *input.time() && k % 500 == 0 {
+                    input.advance_to(t);
+                    input.flush();
+                    while probe.less_than(input.time()) {
+                        worker.step();
+                    }
+                }
+            }
+            let rate = per_day as f64 / began.elapsed().as_secs_f64();
+            println!(
+                "  {:>3}  {:>8.0}  {:>9.1}  {:>9.1}",
+                day + 1,
+                rate,
+                status_kib("VmRSS:") as f64 / 1024.0,
+                status_kib("VmHWM:") as f64 / 1024.0
+            );
+        }
+    });
+}
