@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use clickflow_dataflows::metric::VALUE_SEPARATOR;
 use clickflow_operators::time::{bucket_of, Granularity};
@@ -69,22 +69,35 @@ fn parse_bound(s: &str, tz: Tz, is_end: bool) -> Result<i64, ApiError> {
         } else {
             d
         };
-        let midnight = d
-            .and_hms_opt(0, 0, 0)
+        if !(1970..=9999).contains(&d.year()) {
+            return Err(ApiError::bad(format!(
+                "date_range: {s} is outside 1970-9999"
+            )));
+        }
+        // Midday always exists; the day starts where bucket_of says (some zones skip midnight).
+        let midday = d
+            .and_hms_opt(12, 0, 0)
             .ok_or_else(|| ApiError::bad("date out of range"))?;
         let local = tz
-            .from_local_datetime(&midnight)
+            .from_local_datetime(&midday)
             .earliest()
-            .ok_or_else(|| ApiError::bad(format!("{s}: no midnight in {tz}")))?;
+            .ok_or_else(|| ApiError::bad(format!("{s}: no midday in {tz}")))?;
         return Ok(bucket_of(local.timestamp_millis(), Granularity::Day, tz).start);
     }
-    DateTime::parse_from_rfc3339(s)
+    let ms = DateTime::parse_from_rfc3339(s)
         .map(|d| d.timestamp_millis())
         .map_err(|_| {
             ApiError::bad(format!(
                 "date_range: {s:?} is neither YYYY-MM-DD nor RFC 3339"
             ))
-        })
+        })?;
+    // 1970-01-01 .. 10000-01-01
+    if !(0..253_402_300_800_000).contains(&ms) {
+        return Err(ApiError::bad(format!(
+            "date_range: {s} is outside 1970-9999"
+        )));
+    }
+    Ok(ms)
 }
 
 fn label(ms: i64, g: Granularity, tz: Tz) -> String {
@@ -159,6 +172,16 @@ impl Api {
             .map(|m| query::formula(m, &shape.breakdown))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ApiError::bad)?;
+        let folds_values = !shape.breakdown_shown
+            && shape
+                .filters
+                .iter()
+                .any(|f| !(f.op == query::FilterOp::Is && f.values.len() == 1));
+        if folds_values && formulas.iter().any(|f| f.is_distinct()) {
+            return Err(ApiError::bad(
+                "visitors of several breakdown values are not a sum: add the filtered dimension to dimensions, or filter to one value with \"is\"",
+            ));
+        }
         let [from_s, to_s] = q.date_range.as_slice() else {
             return Err(ApiError::bad("date_range must be [from, to]"));
         };
@@ -254,7 +277,8 @@ impl Api {
                     continue;
                 };
                 let value: String = r.get(3);
-                if !shape.filters.iter().all(|f| f.keeps(&value)) {
+                // Totals (the conversion-rate denominator) are not of the filtered dimension.
+                if !total && !shape.filters.iter().all(|f| f.keeps(&value)) {
                     continue;
                 }
                 let target = if total {
@@ -289,6 +313,7 @@ impl Api {
         }
         for ((bucket, value), sums) in &cells {
             let cell = grouped.entry(key_of(*bucket, value)).or_default();
+            cell.values.insert(value.clone());
             for (s, v) in sums {
                 *cell.sums.entry(*s).or_default() += v;
             }

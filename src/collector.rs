@@ -216,7 +216,8 @@ impl Collector {
             field: Some("site"),
             reason: format!("unknown site {site:?}"),
         })?;
-        if self.enricher.is_bot(user_agent) {
+        // Refunds come from merchants' servers (HTTP libraries, no browser): never bots.
+        if name != REFUND && self.enricher.is_bot(user_agent) {
             return Ok(Record::Bot(BotHit {
                 site,
                 event_id,

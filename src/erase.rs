@@ -72,7 +72,8 @@ struct Day {
 }
 
 /// Rebuilds every day of `site` in which `visitor` touched a bucket that was already sealed
-/// at `erased_at` (the erase record's log time). Returns the number of days rebuilt.
+/// when the live engine applied the erase record (logged at `erased_at`). Returns the number
+/// of days rebuilt.
 pub fn recompute_sealed_days(
     config: &Config,
     log: &dyn Log,
@@ -83,6 +84,13 @@ pub fn recompute_sealed_days(
     let settings = config.settings();
     let lateness = settings.seal_lateness_ms as i64;
     let mut client = store::connect(&config.database.url)?;
+    // One recompute per site at a time, each reading the erasures after taking the lock: a
+    // recompute that started before a second erasure cannot overwrite the second's rows.
+    client.execute(
+        "SELECT pg_advisory_lock(hashtextextended($1, 0))",
+        &[&format!("clickflow-erase:{site}")],
+    )?;
+    let erased_at = wait_for_engine(&mut client, erased_at, config.engine.epoch_ms)?;
     let partition = partition_for(site, log.partitions()?);
     let end = log.high_watermark(partition)?;
     let start = log.offset_for_time(partition, 0)?;
@@ -188,6 +196,36 @@ pub fn recompute_sealed_days(
         "erasure: sealed days recomputed"
     );
     Ok(days.len())
+}
+
+/// Waits until the live engine has committed past the erase record, and returns that
+/// committed frontier: the engine gave the record an ingest time below it, so every row it
+/// could not correct had sealed by then, and every row sealed by then is final. Rebuilding
+/// exactly those rows means the engine never writes them again afterwards.
+fn wait_for_engine(
+    client: &mut postgres::Client,
+    erased_at: i64,
+    epoch_ms: u64,
+) -> anyhow::Result<i64> {
+    let needed = epoch_of(erased_at, epoch_ms) as i64 + epoch_ms as i64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15 * 60);
+    loop {
+        let frontier: Option<i64> = client
+            .query_one(
+                "SELECT min(p.frontier_ms) FROM progress p JOIN active_generation a ON p.generation = a.generation",
+                &[],
+            )?
+            .get(0);
+        if let Some(f) = frontier.filter(|f| *f >= needed) {
+            return Ok(f);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the live engine has not committed past the erase record after 15 minutes; sealed days were not rebuilt (ask again once it runs)"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn floor_hour(ms: i64) -> i64 {

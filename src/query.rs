@@ -56,6 +56,11 @@ impl Formula {
         }
     }
 
+    /// Whether the metric counts distinct visitors somewhere (never summable).
+    pub fn is_distinct(&self) -> bool {
+        self.distinct()
+    }
+
     fn distinct(&self) -> bool {
         match self {
             Formula::Sum { distinct, .. } => *distinct,
@@ -326,11 +331,19 @@ pub struct Cell {
     /// Visitors over all of the cell's buckets from their merged HyperLogLog registers,
     /// when the cell spans several buckets and has no breakdown.
     pub visitors_estimate: Option<f64>,
+    /// Breakdown values folded into the cell (a filter without a breakdown can fold several).
+    pub values: std::collections::BTreeSet<String>,
 }
 
 /// The value of `formula` in `cell`: an integer for counts, a rounded number for ratios,
 /// `null` when a distinct count would have to be added across buckets.
 pub fn evaluate(formula: &Formula, cell: &Cell) -> Result<Value, String> {
+    if formula.distinct() && cell.values.len() > 1 {
+        return Err(
+            "visitors of several breakdown values are not a sum: add the filtered dimension to dimensions, or filter to one value with \"is\""
+                .into(),
+        );
+    }
     if formula.distinct() && cell.buckets > 1 {
         if let (
             Formula::Sum {

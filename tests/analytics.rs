@@ -104,6 +104,8 @@ fn generate(seed: u64, n: usize, now: i64) -> Vec<Sent> {
             if let Some((psite, id, pts)) = purchases.iter().rev().find(|p| p.0 == site).cloned() {
                 e["name"] = json!("refund");
                 e["refund_of"] = json!(id);
+                // Refunds come from the merchant's server, not a browser.
+                agent = "python-requests/2.31.0";
                 e["ts"] = json!(ts.max(pts));
                 let _ = psite;
             }
@@ -177,6 +179,7 @@ fn oracle(sent: &[Sent], tzs: &[Tz], erased: &HashSet<(usize, String)>) -> Expec
     };
     let mut visitors: BTreeMap<(usize, String), BTreeSet<String>> = BTreeMap::new();
     let mut by_browser: BTreeMap<(usize, String, &str), BTreeSet<String>> = BTreeMap::new();
+    let mut goal_visitors: BTreeMap<(usize, String, String), BTreeSet<String>> = BTreeMap::new();
     let mut revenue: BTreeMap<(usize, String, String), i64> = BTreeMap::new();
     let mut per_visitor_day: BTreeMap<(usize, String, String), Vec<&Sent>> = BTreeMap::new();
     for s in &activity {
@@ -202,6 +205,10 @@ fn oracle(sent: &[Sent], tzs: &[Tz], erased: &HashSet<(usize, String)>) -> Expec
             .insert(visitor.clone());
         if name != "pageview" {
             put("conversions", s.site, d.clone(), name.to_owned(), 1);
+            goal_visitors
+                .entry((s.site, d.clone(), name.to_owned()))
+                .or_default()
+                .insert(visitor.clone());
         }
         if let Some(rev) = s.event.get("revenue") {
             if !refunded.contains(&(s.site, s.event["event_id"].as_str().unwrap().to_owned())) {
@@ -223,6 +230,9 @@ fn oracle(sent: &[Sent], tzs: &[Tz], erased: &HashSet<(usize, String)>) -> Expec
     }
     for ((site, d), v) in visitors {
         put("visitors", site, d, String::new(), v.len() as i64);
+    }
+    for ((site, d, goal), v) in goal_visitors {
+        put("goal_visitors", site, d, goal, v.len() as i64);
     }
     for ((site, d, browser), v) in by_browser {
         put(
@@ -309,6 +319,7 @@ const QUERIES: &[(&str, &str, &[&str])] = &[
     ("visits_by_country", "visits", &["country"]),
     ("visitors_by_browser", "visitors", &["browser"]),
     ("conversions", "conversions", &["goal"]),
+    ("goal_visitors", "visitors", &["goal"]),
     ("total_revenue", "total_revenue", &["goal", "currency"]),
 ];
 
@@ -487,6 +498,31 @@ fn every_family_through_kafka_and_two_engine_processes_equals_the_oracle() {
             "{body}"
         );
         assert!(body["meta"]["estimated"]["visitors"].is_string(), "{body}");
+    }
+    // Conversion rate of one goal: its converting visitors over all of the day's visitors
+    // (the filter narrows the goals, not the denominator).
+    for (i, (site, key)) in sites.iter().enumerate() {
+        for ((q, s, day, goal), converting) in &want {
+            if q != "goal_visitors" || *s != i || goal != "signup" {
+                continue;
+            }
+            let all: f64 = want[&("visitors".to_owned(), i, day.clone(), String::new())]
+                .parse()
+                .unwrap();
+            let rate = (converting.parse::<f64>().unwrap() / all * 1000.0).round() / 10.0;
+            let (status, body) = post(
+                &setup.url("/api/v1/query"),
+                &json!({"site_id": site, "metrics": ["conversion_rate"], "date_range": [day, day],
+                        "dimensions": ["goal"], "filters": [["goal", "is", ["signup"]]]}),
+                Some(key),
+            );
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                body["results"][0]["metrics"][0].as_f64(),
+                Some(rate),
+                "{body}"
+            );
+        }
     }
     // The erasure's recompute found no sealed day to rebuild (everything is minutes old).
     let (status, body) = reqwest_get(

@@ -63,6 +63,15 @@ fn wrong_keys_and_bad_queries_are_refused_with_reasons() {
             "filters",
         ),
         (
+            json!({"dimensions": [], "metrics": ["visitors"], "date_range": ["2026-11-01", "2026-11-01"],
+                   "filters": [["country", "is", ["FR", "US"]]]}),
+            "not a sum",
+        ),
+        (
+            json!({"date_range": ["0001-01-01", "2026-11-03"]}),
+            "outside 1970-9999",
+        ),
+        (
             json!({"dimensions": [], "metrics": ["visitors"],
                    "date_range": ["2026-11-01T00:00:30Z", "2026-11-01T00:10:00Z"]}),
             "visitors over a range",
@@ -80,6 +89,14 @@ fn wrong_keys_and_bad_queries_are_refused_with_reasons() {
             "{over}: {body}"
         );
     }
+    // A day whose midnight does not exist (Chile moves clocks at 00:00) is still a day.
+    let (site_c, key_c) = setup.add_site("c.test", "America/Santiago");
+    let (status, body) = post(
+        &url,
+        &json!({"site_id": site_c, "metrics": ["pageviews"], "date_range": ["2026-09-06", "2026-09-06"]}),
+        Some(&key_c),
+    );
+    assert_eq!(status, 200, "{body}");
     let (status, body) = post_raw(&url, b"{\"site_id\": 3".to_vec(), "application/json");
     assert_eq!(status, 401, "no key is checked before the body: {body}");
 

@@ -8,7 +8,7 @@ use clickflow_operators::time::{bucket_of, parse_tz, Bucket};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::{ExchangeData, Hashable, VecCollection};
 
-use crate::metric::{MetricKey, MetricRow, VISIT_GRANULARITIES};
+use crate::metric::{visit_rows_open_until, MetricKey, MetricRow, VISIT_GRANULARITIES};
 use crate::visits::Visit;
 
 /// How many records each key has: `count(*) GROUP BY key`.
@@ -84,7 +84,7 @@ pub fn visit_breakdown<'s>(
                 let key = (
                     v.site.clone(),
                     bucket,
-                    v.day_end,
+                    visit_rows_open_until(bucket, tz),
                     d.to_string(),
                     value.clone(),
                 );
@@ -94,10 +94,10 @@ pub fn visit_breakdown<'s>(
         out
     });
     let row = move |metric: &'static str| {
-        move |(site, bucket, day_end, d, value): Key| {
+        move |(site, bucket, until, d, value): Key| {
             MetricKey::new(&site, bucket, family, metric)
                 .by(&d, &value)
-                .open_until(day_end)
+                .open_until(until)
         }
     };
     let mut parts = vec![

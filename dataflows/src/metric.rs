@@ -1,6 +1,7 @@
 //! The shape every family's output takes: one row per (site, bucket, dimension, metric).
 
-use clickflow_operators::time::{seal_time, Bucket, Granularity};
+use chrono_tz::Tz;
+use clickflow_operators::time::{bucket_of, seal_time, Bucket, Granularity};
 use serde::{Deserialize, Serialize};
 
 /// Joins the names of a multi-dimension breakdown (`goal,prop:plan`) and, with
@@ -85,3 +86,11 @@ pub fn join_dimensions(parts: &[&str], separator: char) -> String {
 /// The granularities every visit-based family materializes. Minute visits would mostly be
 /// fragments of visits; the query API serves minutes for per-event metrics only.
 pub const VISIT_GRANULARITIES: [Granularity; 2] = [Granularity::Hour, Granularity::Day];
+
+/// Until when a row derived from visits can change: the end of the last day (in the site's
+/// zone) that its bucket touches, since a visit starting in the bucket lives in one of those
+/// days and can grow until that day seals. A function of the bucket alone, so every visit of
+/// a bucket writes the same row even where hours straddle local midnight (UTC+5:30).
+pub fn visit_rows_open_until(bucket: Bucket, tz: Tz) -> i64 {
+    bucket_of(bucket.end - 1, Granularity::Day, tz).end
+}

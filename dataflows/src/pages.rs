@@ -8,7 +8,7 @@ use differential_dataflow::collection::concatenate;
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::{count_distinct_rows, count_rows, sum_rows};
-use crate::metric::{MetricKey, MetricRow, VISIT_GRANULARITIES};
+use crate::metric::{visit_rows_open_until, MetricKey, MetricRow, VISIT_GRANULARITIES};
 use crate::pipeline::Inputs;
 use crate::registry::Family;
 use crate::settings::Settings;
@@ -59,11 +59,12 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
             }
             VISIT_GRANULARITIES
                 .map(|g| {
+                    let b = bucket_of(v.start, g, tz);
                     (
                         v.site.clone(),
-                        bucket_of(v.start, g, tz),
+                        b,
                         path.clone(),
-                        v.day_end,
+                        visit_rows_open_until(b, tz),
                     )
                 })
                 .to_vec()
@@ -74,12 +75,13 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
         let mut out: Vec<(Key, i64)> = Vec::new();
         for (ts, path, ms) in &v.page_times {
             for g in VISIT_GRANULARITIES {
+                let b = bucket_of(*ts, g, tz);
                 out.push((
                     (
                         v.site.clone(),
-                        bucket_of(*ts, g, tz),
+                        b,
                         path.clone(),
-                        v.day_end,
+                        visit_rows_open_until(b, tz),
                     ),
                     *ms,
                 ));
@@ -125,22 +127,26 @@ mod tests {
                 let b = bucket_of(v.start, g, tz);
                 if v.pageviews > 0 {
                     put.add(
-                        key(&v.site, b, "entries", &v.entry_page).open_until(v.day_end),
+                        key(&v.site, b, "entries", &v.entry_page)
+                            .open_until(visit_rows_open_until(b, tz)),
                         1,
                     );
                     put.add(
-                        key(&v.site, b, "exits", &v.exit_page).open_until(v.day_end),
+                        key(&v.site, b, "exits", &v.exit_page)
+                            .open_until(visit_rows_open_until(b, tz)),
                         1,
                     );
                 }
                 for (ts, path, ms) in &v.page_times {
                     let b = bucket_of(*ts, g, tz);
                     put.add(
-                        key(&v.site, b, "time_on_page_ms", path).open_until(v.day_end),
+                        key(&v.site, b, "time_on_page_ms", path)
+                            .open_until(visit_rows_open_until(b, tz)),
                         *ms,
                     );
                     put.add(
-                        key(&v.site, b, "timed_pageviews", path).open_until(v.day_end),
+                        key(&v.site, b, "timed_pageviews", path)
+                            .open_until(visit_rows_open_until(b, tz)),
                         1,
                     );
                 }

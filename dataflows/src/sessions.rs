@@ -7,7 +7,7 @@ use differential_dataflow::collection::concatenate;
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::{count_rows, sum_rows};
-use crate::metric::{MetricKey, MetricRow, VISIT_GRANULARITIES};
+use crate::metric::{visit_rows_open_until, MetricKey, MetricRow, VISIT_GRANULARITIES};
 use crate::pipeline::Inputs;
 use crate::registry::Family;
 use crate::settings::Settings;
@@ -23,15 +23,13 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
     let per_bucket = inputs.visits.clone().flat_map(|v| {
         let tz = parse_tz(&v.tz);
         VISIT_GRANULARITIES.map(|g| {
-            (
-                (v.site.clone(), bucket_of(v.start, g, tz), v.day_end),
-                v.clone(),
-            )
+            let b = bucket_of(v.start, g, tz);
+            ((v.site.clone(), b, visit_rows_open_until(b, tz)), v.clone())
         })
     });
     let row = |metric: &'static str| {
-        move |(site, bucket, day_end): (String, Bucket, i64)| {
-            MetricKey::new(&site, bucket, FAMILY.name, metric).open_until(day_end)
+        move |(site, bucket, until): (String, Bucket, i64)| {
+            MetricKey::new(&site, bucket, FAMILY.name, metric).open_until(until)
         }
     };
     concatenate(
@@ -69,7 +67,10 @@ mod tests {
         for v in oracle_visits(&o.hits, o.settings.visit_timeout_ms) {
             for g in VISIT_GRANULARITIES {
                 let b = bucket_of(v.start, g, parse_tz(&v.tz));
-                let key = |m: &str| MetricKey::new(&v.site, b, "sessions", m).open_until(v.day_end);
+                let key = |m: &str| {
+                    MetricKey::new(&v.site, b, "sessions", m)
+                        .open_until(visit_rows_open_until(b, parse_tz(&v.tz)))
+                };
                 put.add(key("visits"), 1);
                 put.add(key("bounces"), v.is_bounce() as i64);
                 put.add(key("visit_duration_ms"), v.duration_ms());
