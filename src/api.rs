@@ -333,40 +333,67 @@ impl Api {
                 }
             }
         }
-        // Visitors over several hours or days: merge the buckets' HyperLogLog registers.
-        let wants_visitors = formulas.iter().any(|f| {
-            matches!(
-                f,
+        // Visitors over several hours or days: merge the buckets' HyperLogLog registers, the
+        // `uniques` family's for totals, a breakdown's own `visitors_hll` rows otherwise.
+        let sketched = shape.breakdown.is_empty()
+            || clickflow_dataflows::registry::family_of("visitors_hll", &shape.breakdown).is_some();
+        let distinct_family = formulas
+            .iter()
+            .find_map(|f| match f {
                 query::Formula::Sum {
-                    stored: ("traffic", "visitors"),
-                    ..
-                }
-            )
-        });
+                    stored: (family, "visitors"),
+                    distinct: true,
+                } => Some(*family),
+                _ => None,
+            })
+            .filter(|_| sketched);
         let mut estimated = false;
-        if wants_visitors
-            && shape.time.is_none()
-            && shape.breakdown.is_empty()
-            && buckets.len() > 1
-            && granularity != Granularity::Minute
-        {
+        if let (Some(family), None, true, false) = (
+            distinct_family,
+            shape.time,
+            buckets.len() > 1,
+            granularity == Granularity::Minute,
+        ) {
+            let (family, metric, dimension) = if shape.breakdown.is_empty() {
+                ("uniques", "hll", "register")
+            } else {
+                (family, "visitors_hll", shape.breakdown.as_str())
+            };
             let rows = client
                 .query(
                     "SELECT dimension_value, value FROM rollups
-                      WHERE site_id = $1 AND generation = $2 AND granularity = $3 AND family = 'uniques'
-                        AND metric = 'hll' AND dimension = 'register'
-                        AND bucket >= to_timestamp($4::bigint / 1000.0) AND bucket < to_timestamp($5::bigint / 1000.0)",
-                    &[&q.site_id, &generation, &granularity.as_str(), &first, &to],
+                      WHERE site_id = $1 AND generation = $2 AND granularity = $3 AND family = $4
+                        AND metric = $5 AND dimension = $6
+                        AND bucket >= to_timestamp($7::bigint / 1000.0) AND bucket < to_timestamp($8::bigint / 1000.0)",
+                    &[&q.site_id, &generation, &granularity.as_str(), &family, &metric, &dimension, &first, &to],
                 )
                 .await
                 .map_err(ApiError::unavailable)?;
-            let registers = rows.iter().filter_map(|r| {
-                let index: u16 = r.get::<_, String>(0).parse().ok()?;
-                Some((index, r.get::<_, i64>(1).clamp(0, 64) as u8))
-            });
-            let e = clickflow_dataflows::uniques::estimate(registers);
-            for cell in grouped.values_mut() {
-                cell.visitors_estimate = Some(e);
+            // breakdown value (empty for totals) → registers
+            let mut registers: BTreeMap<String, Vec<(u16, u8)>> = BTreeMap::new();
+            for r in &rows {
+                let stored: String = r.get(0);
+                let (value, index) = match stored.rsplit_once(VALUE_SEPARATOR) {
+                    Some((v, i)) => (v.to_owned(), i),
+                    None => (String::new(), stored.as_str()),
+                };
+                let Ok(index) = index.parse::<u16>() else {
+                    continue;
+                };
+                if !shape.breakdown.is_empty() && !shape.filters.iter().all(|f| f.keeps(&value)) {
+                    continue;
+                }
+                let rank = r.get::<_, i64>(1).clamp(0, 64) as u8;
+                registers.entry(value).or_default().push((index, rank));
+            }
+            for ((_, value), cell) in grouped.iter_mut() {
+                // Without a shown breakdown (totals, or one filtered value) every kept
+                // register belongs to the one result row.
+                let regs: Vec<(u16, u8)> = match value {
+                    Some(v) => registers.get(v).cloned().unwrap_or_default(),
+                    None => registers.values().flatten().copied().collect(),
+                };
+                cell.visitors_estimate = Some(clickflow_dataflows::uniques::estimate(regs));
             }
             estimated = true;
         }

@@ -104,6 +104,9 @@ const DERIVED: &[(&str, &str, &str, f64, i32)] = &[
 const INTERNAL: &[&str] = &["uniques"];
 
 fn stored(metric: &str, dimension: &str) -> Option<Stored> {
+    if metric.ends_with(clickflow_dataflows::aggregate::SKETCH_SUFFIX) {
+        return None;
+    }
     let family = family_of(metric, dimension).filter(|f| !INTERNAL.contains(&f.name))?;
     let name = family.metrics.iter().find(|m| **m == metric)?;
     Some((family.name, name))
@@ -118,9 +121,10 @@ pub fn formula(metric: &str, dimension: &str) -> Result<Formula, String> {
         });
     }
     let Some(&(_, num, den, scale, decimals)) = DERIVED.iter().find(|d| d.0 == metric) else {
-        let stored_somewhere = FAMILIES
-            .iter()
-            .any(|f| !INTERNAL.contains(&f.name) && f.metrics.contains(&metric));
+        let stored_somewhere = !metric.ends_with(clickflow_dataflows::aggregate::SKETCH_SUFFIX)
+            && FAMILIES
+                .iter()
+                .any(|f| !INTERNAL.contains(&f.name) && f.metrics.contains(&metric));
         if stored_somewhere {
             return Err(format!(
                 "metrics: {metric} is not available {}",
@@ -180,6 +184,7 @@ fn unknown_metric(metric: &str) -> String {
         .iter()
         .filter(|f| !INTERNAL.contains(&f.name))
         .flat_map(|f| f.metrics.iter().copied())
+        .filter(|m| !m.ends_with(clickflow_dataflows::aggregate::SKETCH_SUFFIX))
         .chain(DERIVED.iter().map(|d| d.0))
         .collect();
     known.sort();
@@ -329,7 +334,7 @@ pub struct Cell {
     pub totals: BTreeMap<Stored, i64>,
     pub buckets: usize,
     /// Visitors over all of the cell's buckets from their merged HyperLogLog registers,
-    /// when the cell spans several buckets and has no breakdown.
+    /// when the cell spans several buckets (totals, or breakdowns that keep sketches).
     pub visitors_estimate: Option<f64>,
     /// Breakdown values folded into the cell (a filter without a breakdown can fold several).
     pub values: std::collections::BTreeSet<String>,
@@ -345,14 +350,7 @@ pub fn evaluate(formula: &Formula, cell: &Cell) -> Result<Value, String> {
         );
     }
     if formula.distinct() && cell.buckets > 1 {
-        if let (
-            Formula::Sum {
-                stored: ("traffic", "visitors"),
-                ..
-            },
-            Some(e),
-        ) = (formula, cell.visitors_estimate)
-        {
+        if let (Formula::Sum { .. }, Some(e)) = (formula, cell.visitors_estimate) {
             return Ok(json!(e.round() as i64));
         }
         return Err(

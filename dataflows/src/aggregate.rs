@@ -8,7 +8,10 @@ use clickflow_operators::time::{bucket_of, parse_tz, Bucket};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::{ExchangeData, Hashable, VecCollection};
 
-use crate::metric::{visit_rows_open_until, MetricKey, MetricRow, VISIT_GRANULARITIES};
+use crate::metric::{
+    visit_rows_open_until, MetricKey, MetricRow, VALUE_SEPARATOR, VISIT_GRANULARITIES,
+};
+use crate::uniques::register_of;
 use crate::visits::Visit;
 
 /// How many records each key has: `count(*) GROUP BY key`.
@@ -63,9 +66,45 @@ where
     count_rows(pairs.explode(|(k, v)| Some((k, v as isize))), row)
 }
 
+/// HyperLogLog registers (see [`crate::uniques`]) of the visitors of each key, so visitors of
+/// one breakdown value over several buckets can be estimated by merging registers. Each row is
+/// the key's row with metric `<metric>_hll` and the register index appended to the value.
+pub fn visitor_sketch_rows<'s, K, F>(
+    pairs: VecCollection<'s, u64, (K, u64)>,
+    row: F,
+) -> VecCollection<'s, u64, MetricRow>
+where
+    K: ExchangeData + Hash,
+    F: Fn(K) -> MetricKey + 'static,
+{
+    pairs
+        .map(|(k, visitor)| {
+            let (index, rank) = register_of(visitor);
+            ((k, index), rank)
+        })
+        .reduce_named("SketchRegisters", |_key, ranks, out| {
+            // ranks arrive sorted: the last present one is the maximum
+            if let Some((rank, _)) = ranks.iter().rev().find(|(_, n)| *n > 0) {
+                out.push((**rank, 1));
+            }
+        })
+        .map(move |((k, index), rank): ((K, u16), u8)| (sketch_key(row(k), index), rank as i64))
+}
+
+/// The sketch row of register `index` for the row `key`.
+pub fn sketch_key(mut key: MetricKey, index: u16) -> MetricKey {
+    key.metric.push_str(SKETCH_SUFFIX);
+    key.dimension_value.push(VALUE_SEPARATOR);
+    key.dimension_value.push_str(&index.to_string());
+    key
+}
+
+/// Appended to a distinct metric's name for its sketch rows.
+pub const SKETCH_SUFFIX: &str = "_hll";
+
 /// A breakdown of visits: for each bucket of a visit's start and each `(dimension, value)`
-/// that `dimensions` gives the visit, the rows `visits`, `visitors` (distinct) and, with
-/// `bounces`, `bounces`. Rows stay open until the end of the visit's day.
+/// that `dimensions` gives the visit, the rows `visits`, `visitors` (distinct, with its
+/// sketch `visitors_hll`) and, with `bounces`, `bounces`. Rows stay open until the end of the visit's day.
 pub fn visit_breakdown<'s>(
     visits: VecCollection<'s, u64, std::sync::Arc<Visit>>,
     family: &'static str,
@@ -103,6 +142,7 @@ pub fn visit_breakdown<'s>(
     let mut parts = vec![
         count_rows(keyed.clone().map(|(k, _, _)| k), row("visits")),
         count_distinct_rows(keyed.clone().map(|(k, v, _)| (k, v)), row("visitors")),
+        visitor_sketch_rows(keyed.clone().map(|(k, v, _)| (k, v)), row("visitors")),
     ];
     if bounces {
         parts.push(count_rows(

@@ -11,7 +11,7 @@ use crate::visits::Visit;
 
 pub const FAMILY: Family = Family {
     name: "geo",
-    metrics: &["visitors", "visits"],
+    metrics: &["visitors", "visitors_hll", "visits"],
     dimensions: &["country"],
     build,
 };

@@ -6,7 +6,7 @@ use clickflow_operators::time::{bucket_of, parse_tz, Bucket};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::VecCollection;
 
-use crate::aggregate::{count_distinct_rows, count_rows};
+use crate::aggregate::{count_distinct_rows, count_rows, visitor_sketch_rows};
 use crate::metric::{join_dimensions, MetricKey, MetricRow, VALUE_SEPARATOR, VISIT_GRANULARITIES};
 use crate::pipeline::Inputs;
 use crate::registry::Family;
@@ -14,7 +14,7 @@ use crate::settings::Settings;
 
 pub const FAMILY: Family = Family {
     name: "goals",
-    metrics: &["conversions", "visitors"],
+    metrics: &["conversions", "visitors", "visitors_hll"],
     dimensions: &["goal", "goal,prop:*"],
     build,
 };
@@ -60,7 +60,8 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
         inputs.hits.scope(),
         [
             count_rows(keyed.clone().map(|(k, _)| k), row("conversions")),
-            count_distinct_rows(keyed, row("visitors")),
+            count_distinct_rows(keyed.clone(), row("visitors")),
+            visitor_sketch_rows(keyed, row("visitors")),
         ],
     )
 }
@@ -84,7 +85,7 @@ mod tests {
                 for (d, v) in dims {
                     let key = |m: &str| MetricKey::new(&h.site, b, "goals", m).by(&d, &v);
                     put.add(key("conversions"), 1);
-                    put.distinct(key("visitors"), h.visitor);
+                    put.distinct_sketched(key("visitors"), h.visitor);
                 }
             }
         }

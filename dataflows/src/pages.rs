@@ -7,7 +7,7 @@ use clickflow_operators::time::{bucket_of, parse_tz, Bucket};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::VecCollection;
 
-use crate::aggregate::{count_distinct_rows, count_rows, sum_rows};
+use crate::aggregate::{count_distinct_rows, count_rows, sum_rows, visitor_sketch_rows};
 use crate::metric::{visit_rows_open_until, MetricKey, MetricRow, VISIT_GRANULARITIES};
 use crate::pipeline::Inputs;
 use crate::registry::Family;
@@ -18,6 +18,7 @@ pub const FAMILY: Family = Family {
     metrics: &[
         "pageviews",
         "visitors",
+        "visitors_hll",
         "entries",
         "exits",
         "time_on_page_ms",
@@ -93,7 +94,8 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
         inputs.hits.scope(),
         [
             count_rows(views.clone().map(|(k, _)| k), row("pageviews")),
-            count_distinct_rows(views, row("visitors")),
+            count_distinct_rows(views.clone(), row("visitors")),
+            visitor_sketch_rows(views, row("visitors")),
             count_rows(inputs.visits.clone().flat_map(ends(true)), row("entries")),
             count_rows(inputs.visits.clone().flat_map(ends(false)), row("exits")),
             sum_rows(timed.clone(), row("time_on_page_ms")),
@@ -118,7 +120,7 @@ mod tests {
             for g in VISIT_GRANULARITIES {
                 let b = bucket_of(h.ts, g, parse_tz(&h.tz));
                 put.add(key(&h.site, b, "pageviews", &h.pathname), 1);
-                put.distinct(key(&h.site, b, "visitors", &h.pathname), h.visitor);
+                put.distinct_sketched(key(&h.site, b, "visitors", &h.pathname), h.visitor);
             }
         }
         for v in oracle_visits(&o.hits, o.settings.visit_timeout_ms) {

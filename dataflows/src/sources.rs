@@ -12,7 +12,7 @@ use crate::visits::Visit;
 
 pub const FAMILY: Family = Family {
     name: "sources",
-    metrics: &["visitors", "visits", "bounces"],
+    metrics: &["visitors", "visitors_hll", "visits", "bounces"],
     dimensions: &[
         "source",
         "referrer",

@@ -12,7 +12,7 @@ use crate::visits::Visit;
 
 pub const FAMILY: Family = Family {
     name: "tech",
-    metrics: &["visitors", "visits"],
+    metrics: &["visitors", "visitors_hll", "visits"],
     dimensions: &["device", "browser", "browser_version", "os", "os_version"],
     build,
 };

@@ -248,6 +248,7 @@ impl Oracle {
 pub struct Put {
     sums: BTreeMap<MetricKey, i64>,
     distinct: BTreeMap<MetricKey, BTreeSet<u64>>,
+    sketched: BTreeSet<MetricKey>,
 }
 
 impl Put {
@@ -260,7 +261,31 @@ impl Put {
         self.distinct.entry(key).or_default().insert(member);
     }
 
+    /// As [`Put::distinct`], and the row's HyperLogLog registers too (4096 registers: index
+    /// from the top 12 bits of the member, rank from the leading zeros of the rest).
+    pub fn distinct_sketched(&mut self, key: MetricKey, member: u64) {
+        self.sketched.insert(key.clone());
+        self.distinct(key, member);
+    }
+
     pub fn rows(mut self) -> BTreeMap<MetricKey, i64> {
+        for (k, members) in &self.distinct {
+            if !self.sketched.contains(k) {
+                continue;
+            }
+            let mut registers: BTreeMap<u64, i64> = BTreeMap::new();
+            for m in members {
+                let rank = (m << 12).leading_zeros().min(52) as i64 + 1;
+                let slot = registers.entry(m >> 52).or_default();
+                *slot = (*slot).max(rank);
+            }
+            for (index, rank) in registers {
+                let mut sketch = k.clone();
+                sketch.metric = format!("{}_hll", k.metric);
+                sketch.dimension_value = format!("{}\u{1f}{index}", k.dimension_value);
+                self.sums.insert(sketch, rank);
+            }
+        }
         for (k, members) in std::mem::take(&mut self.distinct) {
             self.add(k, members.len() as i64);
         }
@@ -290,7 +315,7 @@ pub fn oracle_visit_breakdown(
                 if bounces {
                     put.add(key("bounces"), v.is_bounce() as i64);
                 }
-                put.distinct(key("visitors"), v.visitor);
+                put.distinct_sketched(key("visitors"), v.visitor);
             }
         }
     }
