@@ -26,6 +26,26 @@ use crate::metrics::{BOT_EVENTS, EVENTS_ACCEPTED, EVENTS_REJECTED};
 #[derive(Clone, Debug)]
 pub struct SiteInfo {
     pub time_zone: String,
+    /// The key a server presents to send events on behalf of visitors (`user_agent`, `ip`).
+    pub api_key: String,
+}
+
+/// What the client sent about itself: the connection's view (socket peer or trusted
+/// `X-Forwarded-For`, `User-Agent` header) and, for servers, the site API key it presented.
+#[derive(Clone, Debug, Default)]
+pub struct Sender {
+    pub ip: Option<IpAddr>,
+    pub user_agent: String,
+    /// The token of `Authorization: Bearer <key>`, when present.
+    pub api_key: Option<String>,
+}
+
+/// An event the log acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub event_id: String,
+    /// Logged as a bot hit only (counted as `bot_events`, not analysed).
+    pub bot: bool,
 }
 
 /// Why one event was refused.
@@ -47,6 +67,7 @@ impl Refusal {
     }
     fn label(&self) -> &'static str {
         match (self.status, self.field) {
+            (401 | 403, _) => "unauthorized",
             (404, _) => "unknown_site",
             (503, _) => "log_unavailable",
             (_, Some("ts")) => "bad_timestamp",
@@ -108,11 +129,15 @@ impl Collector {
             .try_get_with(id.to_owned(), async move {
                 let client = pool.get().await.map_err(|e| e.to_string())?;
                 let row = client
-                    .query_opt("SELECT time_zone FROM sites WHERE id = $1", &[&id_owned])
+                    .query_opt(
+                        "SELECT time_zone, api_key FROM sites WHERE id = $1",
+                        &[&id_owned],
+                    )
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok::<_, String>(row.map(|r| SiteInfo {
                     time_zone: r.get(0),
+                    api_key: r.get(1),
                 }))
             })
             .await
@@ -165,13 +190,12 @@ impl Collector {
 
     /// Validates one raw event into the record written to the log: the enriched event, or a
     /// bare bot hit. The IP and user agent go no further than this function.
-    async fn validate(
-        &self,
-        raw: &Value,
-        ip: Option<IpAddr>,
-        user_agent: &str,
-        now: i64,
-    ) -> Result<Record, Refusal> {
+    ///
+    /// A server sending on behalf of its visitors (GA4's Measurement Protocol and Plausible's
+    /// Events API work the same way) names each visitor's `user_agent` and `ip` in the event;
+    /// those replace the connection's own, which describe the server and its HTTP library.
+    /// Only a sender presenting the site's API key may do so, or anyone could forge visitors.
+    async fn validate(&self, raw: &Value, sender: &Sender, now: i64) -> Result<Record, Refusal> {
         let obj = raw
             .as_object()
             .ok_or_else(|| Refusal::bad("event", "an event must be a JSON object"))?;
@@ -188,7 +212,16 @@ impl Collector {
                 _ => return Err(Refusal::bad("url", "url must be an absolute http(s) URL")),
             }
         }
-        let referrer = optional_str(obj, "referrer", 2048)?;
+        // Browsers report `document.referrer` as "" on every direct visit: that is direct
+        // traffic, not a malformed event.
+        let referrer = optional_str_or_empty(obj, "referrer", 2048)?;
+        let ua_override = optional_str(obj, "user_agent", 1024)?;
+        let ip_override = match optional_str(obj, "ip", 64)? {
+            Some(text) => Some(text.trim().parse::<IpAddr>().map_err(|_| {
+                Refusal::bad("ip", format!("ip {text:?} is not an IPv4 or IPv6 address"))
+            })?),
+            None => None,
+        };
         let event_id = match optional_str(obj, "event_id", 128)? {
             Some(id) => id,
             None => uuid::Uuid::now_v7().to_string(),
@@ -216,6 +249,12 @@ impl Collector {
             field: Some("site"),
             reason: format!("unknown site {site:?}"),
         })?;
+        let on_behalf = ua_override.is_some() || ip_override.is_some();
+        if on_behalf {
+            authorize_on_behalf(&site, &site_info, sender.api_key.as_deref())?;
+        }
+        let user_agent = ua_override.as_deref().unwrap_or(&sender.user_agent);
+        let ip = if on_behalf { ip_override } else { sender.ip };
         // Refunds come from merchants' servers (HTTP libraries, no browser): never bots.
         if name != REFUND && self.enricher.is_bot(user_agent) {
             return Ok(Record::Bot(BotHit {
@@ -296,31 +335,23 @@ impl Collector {
         Ok(ts.min(now))
     }
 
-    /// Validates and appends; returns per-input results in order (event id or refusal).
-    pub async fn ingest(
-        &self,
-        raws: &[Value],
-        ip: Option<IpAddr>,
-        user_agent: &str,
-    ) -> Vec<Result<String, Refusal>> {
+    /// Validates and appends; returns per-input results in order (what was logged, or why not).
+    pub async fn ingest(&self, raws: &[Value], sender: &Sender) -> Vec<Result<Accepted, Refusal>> {
         let now = clickflow_operators::source::wall_clock_ms();
-        let mut results: Vec<Result<String, Refusal>> = Vec::with_capacity(raws.len());
+        let mut results: Vec<Result<Accepted, Refusal>> = Vec::with_capacity(raws.len());
         let mut appends = Vec::new();
         let mut slots = Vec::new();
         for raw in raws {
-            match self.validate(raw, ip, user_agent, now).await {
+            match self.validate(raw, sender, now).await {
                 Ok(record) => match serde_json::to_vec(&record) {
                     Ok(value) => {
-                        let (site, id) = match &record {
-                            Record::Event(e) => (e.site.clone(), e.event_id.clone()),
-                            Record::Bot(b) => {
-                                BOT_EVENTS.inc();
-                                (b.site.clone(), b.event_id.clone())
-                            }
-                            Record::Erase(x) => (x.site.clone(), String::new()),
+                        let (site, event_id, bot) = match &record {
+                            Record::Event(e) => (e.site.clone(), e.event_id.clone(), false),
+                            Record::Bot(b) => (b.site.clone(), b.event_id.clone(), true),
+                            Record::Erase(x) => (x.site.clone(), String::new(), false),
                         };
                         slots.push(results.len());
-                        results.push(Ok(id));
+                        results.push(Ok(Accepted { event_id, bot }));
                         appends.push(Append {
                             key: site,
                             value,
@@ -346,7 +377,12 @@ impl Collector {
         }
         for r in &results {
             match r {
-                Ok(_) => EVENTS_ACCEPTED.inc(),
+                Ok(accepted) => {
+                    EVENTS_ACCEPTED.inc();
+                    if accepted.bot {
+                        BOT_EVENTS.inc();
+                    }
+                }
                 Err(refusal) => EVENTS_REJECTED.with_label_values(&[refusal.label()]).inc(),
             }
         }
@@ -378,6 +414,33 @@ pub fn client_ip(
         }
         (ip, _) => ip,
     }
+}
+
+/// Checks that the sender of an event carrying a visitor's `user_agent` or `ip` presented
+/// `site`'s API key.
+fn authorize_on_behalf(
+    site: &str,
+    info: &SiteInfo,
+    presented: Option<&str>,
+) -> Result<(), Refusal> {
+    let Some(presented) = presented else {
+        return Err(Refusal {
+            status: 401,
+            field: Some("authorization"),
+            reason: "an event naming the visitor's user_agent or ip must come from a server \
+                     presenting the site's API key (Authorization: Bearer <key>)"
+                .into(),
+        });
+    };
+    // Compare digests, so the time taken says nothing about how much of the key matched.
+    if Sha256::digest(presented.as_bytes()) != Sha256::digest(info.api_key.as_bytes()) {
+        return Err(Refusal {
+            status: 403,
+            field: Some("authorization"),
+            reason: format!("the presented API key is not the key of site {site:?}"),
+        });
+    }
+    Ok(())
 }
 
 /// The visitor of a tracker-supplied `visitor_id`; the erase endpoint finds visitors by it.
@@ -420,6 +483,18 @@ fn optional_str(
         )),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(Refusal::bad(field, format!("{field} must be a string"))),
+    }
+}
+
+/// As [`optional_str`], but an empty or blank string means absent.
+fn optional_str_or_empty(
+    obj: &Map<String, Value>,
+    field: &'static str,
+    max: usize,
+) -> Result<Option<String>, Refusal> {
+    match obj.get(field) {
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        _ => optional_str(obj, field, max),
     }
 }
 
@@ -551,21 +626,27 @@ fn json_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = warp::Reject
         .and(warp::body::bytes())
 }
 
-fn client_info(
+fn sender(
     collector: Arc<Collector>,
-) -> impl Filter<Extract = (Option<IpAddr>, String), Error = warp::Rejection> + Clone {
+) -> impl Filter<Extract = (Sender,), Error = warp::Rejection> + Clone {
     warp::addr::remote()
         .and(warp::header::optional::<String>("x-forwarded-for"))
         .and(warp::header::optional::<String>("user-agent"))
+        .and(warp::header::optional::<String>("authorization"))
         .map(
-            move |peer: Option<SocketAddr>, xff: Option<String>, ua: Option<String>| {
-                (
-                    collector.client_ip(peer, xff.as_deref()),
-                    ua.unwrap_or_default(),
-                )
+            move |peer: Option<SocketAddr>,
+                  xff: Option<String>,
+                  ua: Option<String>,
+                  auth: Option<String>| Sender {
+                ip: collector.client_ip(peer, xff.as_deref()),
+                user_agent: ua.unwrap_or_default(),
+                api_key: auth
+                    .as_deref()
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .map(|k| k.trim().to_owned())
+                    .filter(|k| !k.is_empty()),
             },
         )
-        .untuple_one()
 }
 
 fn parse_json(body: &Bytes) -> Result<Value, Box<warp::reply::Response>> {
@@ -584,17 +665,21 @@ pub fn routes(
     let event = warp::path!("api" / "event")
         .and(warp::post())
         .and(json_body(limit))
-        .and(client_info(collector.clone()))
-        .then(move |body: Bytes, ip: Option<IpAddr>, ua: String| {
+        .and(sender(collector.clone()))
+        .then(move |body: Bytes, sender: Sender| {
             let c = c1.clone();
             async move {
                 let raw = match parse_json(&body) {
                     Ok(v) => v,
                     Err(reply) => return *reply,
                 };
-                match c.ingest(std::slice::from_ref(&raw), ip, &ua).await.pop() {
-                    Some(Ok(id)) => warp::reply::with_status(
-                        warp::reply::json(&json!({ "accepted": 1, "event_id": id })),
+                match c.ingest(std::slice::from_ref(&raw), &sender).await.pop() {
+                    Some(Ok(a)) => warp::reply::with_status(
+                        warp::reply::json(&json!({
+                            "accepted": 1,
+                            "event_id": a.event_id,
+                            "bots": a.bot as u8,
+                        })),
                         StatusCode::ACCEPTED,
                     )
                     .into_response(),
@@ -607,8 +692,8 @@ pub fn routes(
     let batch = warp::path!("api" / "batch")
         .and(warp::post())
         .and(json_body(limit))
-        .and(client_info(collector))
-        .then(move |body: Bytes, ip: Option<IpAddr>, ua: String| {
+        .and(sender(collector))
+        .then(move |body: Bytes, sender: Sender| {
             let c = c2.clone();
             async move {
                 let raw = match parse_json(&body) {
@@ -633,8 +718,14 @@ pub fn routes(
                         Some("events"),
                     );
                 }
-                let results = c.ingest(events, ip, &ua).await;
+                let results = c.ingest(events, &sender).await;
                 let accepted = results.iter().filter(|r| r.is_ok()).count();
+                // Said out loud, so a server posting with its HTTP library's user agent (and
+                // no per-event `user_agent`) sees why its events do not show as visits.
+                let bots = results
+                    .iter()
+                    .filter(|r| matches!(r, Ok(a) if a.bot))
+                    .count();
                 let unavailable = results
                     .iter()
                     .any(|r| matches!(r, Err(x) if x.status == 503));
@@ -653,7 +744,9 @@ pub fn routes(
                     StatusCode::ACCEPTED
                 };
                 warp::reply::with_status(
-                    warp::reply::json(&json!({"accepted": accepted, "rejected": rejected})),
+                    warp::reply::json(
+                        &json!({"accepted": accepted, "bots": bots, "rejected": rejected}),
+                    ),
                     status,
                 )
                 .into_response()

@@ -133,8 +133,9 @@ pub async fn demo_traffic(collector: Arc<Collector>, site: String) {
         "/signup",
         "/about",
     ];
+    // "" is what a browser's document.referrer is on a direct visit.
     let referrers = [
-        None,
+        Some(""),
         Some("https://www.google.com/"),
         Some("https://news.ycombinator.com/"),
         Some("https://twitter.com/"),
@@ -188,7 +189,11 @@ pub async fn demo_traffic(collector: Arc<Collector>, site: String) {
                 .collect();
             (agent, events)
         };
-        let results = collector.ingest(&events, None, agent).await;
+        let sender = crate::collector::Sender {
+            user_agent: agent.to_owned(),
+            ..Default::default()
+        };
+        let results = collector.ingest(&events, &sender).await;
         if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
             tracing::warn!(reason = %e.reason, "demo event refused");
         }

@@ -170,3 +170,205 @@ fn an_unreachable_broker_is_a_503_never_a_202() {
     .expect("server answers");
     assert_eq!(reply.status().as_u16(), 503);
 }
+
+/// Every record in an embedded log directory, decoded.
+fn logged_records(dir: &std::path::Path) -> Vec<clickflow_dataflows::Record> {
+    use clickflow::log::Log;
+    let log = clickflow::log::embedded::EmbeddedLog::open_read_only(dir).unwrap();
+    let parts = log.partitions().unwrap();
+    let start = (0..parts).map(|p| (p, 0)).collect();
+    let end = (0..parts)
+        .map(|p| (p, log.high_watermark(p).unwrap()))
+        .collect();
+    let mut reader = log.reader(&start, Some(end)).unwrap();
+    let mut out = Vec::new();
+    while !reader.finished() {
+        for r in reader.poll(1000, Duration::from_millis(100)).unwrap() {
+            out.push(serde_json::from_slice(&r.value).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn what_real_clients_send_is_never_silently_lost() {
+    use clickflow_dataflows::Record;
+    let scratch = tempfile::tempdir().unwrap();
+    let log_dir = scratch.path().join("log");
+    let db = fresh_database();
+    let geo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".deps/geo/geo-whois-asn-country.mmdb");
+    assert!(
+        geo.exists(),
+        "run scripts/install-deps.sh: {geo:?} is missing"
+    );
+    let setup = Setup::new(
+        &db,
+        &LogChoice::Embedded {
+            dir: log_dir.clone(),
+        },
+    )
+    .with(
+        "CLICKFLOW__COLLECTOR__GEOIP_DB",
+        &format!("{:?}", geo.display().to_string()),
+    );
+    setup.run(&["migrate"]);
+    let (site, key) = setup.add_site("clients.test", "UTC");
+    let (_, other_key) = setup.add_site("other.test", "UTC");
+    let mut server = setup.spawn(&["serve"]);
+    setup.wait_healthy();
+    let (event_url, batch_url) = (setup.url("/api/event"), setup.url("/api/batch"));
+    let page = |id: &str| json!({"site": site, "name": "pageview", "url": "https://clients.test/", "event_id": id});
+    let with = |mut e: serde_json::Value, k: &str, v: serde_json::Value| {
+        e[k] = v;
+        e
+    };
+
+    // A browser on a direct visit: document.referrer is "".
+    let (status, reply) = post(
+        &event_url,
+        &with(page("direct"), "referrer", json!("")),
+        None,
+    );
+    assert_eq!((status, reply["bots"].clone()), (202, json!(0)), "{reply}");
+    let (status, reply) = post(
+        &event_url,
+        &with(page("blank"), "referrer", json!("  ")),
+        None,
+    );
+    assert_eq!(status, 202, "{reply}");
+
+    // A server posting with its HTTP library's user agent and no visitor fields: accepted,
+    // logged as bots, and the reply says so.
+    let server_batch = json!({"events": [page("srv-1"), page("srv-2")]});
+    let (status, reply) = post_as(&batch_url, &server_batch, None, "python-requests/2.31.0");
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(
+        (reply["accepted"].clone(), reply["bots"].clone()),
+        (json!(2), json!(2)),
+        "{reply}"
+    );
+    let (status, reply) = post_as(&event_url, &page("srv-3"), None, "curl/8.5.0");
+    assert_eq!((status, reply["bots"].clone()), (202, json!(1)), "{reply}");
+
+    // The same server naming each visitor's user agent and IP, with the site's API key.
+    const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
+    let visitor = |id: &str, ua: &str, ip: &str| {
+        with(with(page(id), "user_agent", json!(ua)), "ip", json!(ip))
+    };
+    let on_behalf = json!({"events": [
+        visitor("mp-1", IPHONE, "81.2.69.160"),
+        visitor("mp-2", BROWSER_UA, "2a02:8070::1"),
+        visitor("mp-3", "Googlebot/2.1 (+http://www.google.com/bot.html)", "66.249.66.1"),
+        visitor("mp-bad-ip", IPHONE, "not-an-ip"),
+    ]});
+    let (status, reply) = post_as(
+        &batch_url,
+        &on_behalf,
+        Some(&key),
+        "Java-http-client/17.0.15",
+    );
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(reply["accepted"], json!(3), "{reply}");
+    assert_eq!(
+        reply["bots"],
+        json!(1),
+        "only the crawler is a bot: {reply}"
+    );
+    assert_eq!(
+        reply["rejected"],
+        json!([{"index": 3, "field": "ip", "reason": "ip \"not-an-ip\" is not an IPv4 or IPv6 address"}]),
+        "{reply}"
+    );
+
+    // Visitor fields without the site's key would let anyone forge visitors.
+    let one = visitor("forged", IPHONE, "81.2.69.160");
+    let (status, reply) = post_as(&event_url, &one, None, "curl/8.5.0");
+    assert_eq!(
+        (status, reply["field"].clone()),
+        (401, json!("authorization")),
+        "{reply}"
+    );
+    let (status, reply) = post_as(&event_url, &one, Some(&other_key), "curl/8.5.0");
+    assert_eq!(
+        (status, reply["field"].clone()),
+        (403, json!("authorization")),
+        "{reply}"
+    );
+    let (status, reply) = post_as(&event_url, &one, Some("cfk_wrong"), "curl/8.5.0");
+    assert_eq!(status, 403, "{reply}");
+
+    server.kill();
+    let records = logged_records(&log_dir);
+    let mut events = std::collections::BTreeMap::new();
+    let mut bots = std::collections::BTreeSet::new();
+    for r in records {
+        match r {
+            Record::Event(e) => {
+                events.insert(e.event_id.clone(), e);
+            }
+            Record::Bot(b) => {
+                bots.insert(b.event_id);
+            }
+            Record::Erase(_) => panic!("no erasure was sent"),
+        }
+    }
+    let ids = |it: &[&str]| {
+        it.iter()
+            .map(|s| s.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        events
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        ids(&["blank", "direct", "mp-1", "mp-2"])
+    );
+    assert_eq!(bots, ids(&["mp-3", "srv-1", "srv-2", "srv-3"]));
+    assert_eq!(
+        events["direct"].referrer, None,
+        "an empty referrer is direct traffic"
+    );
+    assert_eq!(events["blank"].referrer, None);
+    let mp1 = &events["mp-1"];
+    assert_eq!(
+        (
+            mp1.client.device.as_str(),
+            mp1.client.browser.as_str(),
+            mp1.client.os.as_str()
+        ),
+        ("mobile", "Safari", "iPhone"),
+        "{mp1:?}"
+    );
+    assert_eq!(
+        mp1.country, "GB",
+        "the visitor's IP, not the server's, gives the country"
+    );
+    assert_eq!(events["mp-2"].client.browser, "Chrome");
+    assert_eq!(events["mp-2"].country, "DE");
+    assert_ne!(
+        mp1.visitor, events["mp-2"].visitor,
+        "visitors hash their own IP and user agent"
+    );
+    // Nothing the server said about itself or its visitors is kept verbatim.
+    let raw = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .flat_map(|f| std::fs::read(f.unwrap().path()).unwrap_or_default())
+        .collect::<Vec<u8>>();
+    assert!(
+        raw.windows(4).any(|w| w == b"mp-1"),
+        "the search reads the log's records"
+    );
+    for secret in [
+        "81.2.69.160",
+        "2a02:8070::1",
+        "Java-http-client",
+        "python-requests",
+    ] {
+        assert!(
+            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} reached the log"
+        );
+    }
+}
