@@ -94,17 +94,10 @@ fn main() {
             let settings = Settings::default();
             // SOAK_FAMILIES=traffic,sessions limits the run to those families (diagnosis).
             let only = std::env::var("SOAK_FAMILIES").ok();
-            let inputs = pipeline::prepare(records, &settings);
-            let rows = differential_dataflow::collection::concatenate(
-                scope,
-                clickflow_dataflows::registry::FAMILIES
-                    .iter()
-                    .filter(|f| {
-                        only.as_deref()
-                            .is_none_or(|o| o.split(',').any(|n| n == f.name))
-                    })
-                    .map(|f| (f.build)(&inputs, &settings)),
-            );
+            let rows = pipeline::metrics_of(records, &settings, |f| {
+                only.as_deref()
+                    .is_none_or(|o| o.split(',').any(|n| n == f.name))
+            });
             let (probe, _) = rows.probe();
             (input, probe)
         });

@@ -1,16 +1,20 @@
 //! Building blocks families are written with: each turns keyed records into metric rows.
-//! They are thin layers over differential's `count`, `distinct` and `reduce`, so a family
-//! stays a handful of lines and every number it produces corrects itself on retraction.
+//! They are thin layers over differential's `count_total`, `distinct_total` and `reduce`, so
+//! a family stays a handful of lines and every number it produces corrects itself on
+//! retraction. The `_total` forms rely on ingest time being totally ordered (`u64`) and keep
+//! no arrangement of their output.
 
 use std::hash::Hash;
+use std::sync::Arc;
 
-use clickflow_operators::time::{bucket_of, parse_tz, Bucket};
+use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::collection::concatenate;
+use differential_dataflow::difference::{Multiply, Semigroup};
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use differential_dataflow::{ExchangeData, Hashable, VecCollection};
 
-use crate::metric::{
-    visit_rows_open_until, MetricKey, MetricRow, VALUE_SEPARATOR, VISIT_GRANULARITIES,
-};
+use crate::metric::{visit_rows_open_until, Row, RowKey, VISIT_GRANULARITIES};
+use crate::symbol::Sym;
 use crate::uniques::register_of;
 use crate::visits::Visit;
 
@@ -18,26 +22,65 @@ use crate::visits::Visit;
 ///
 /// ```
 /// use clickflow_dataflows::aggregate::count_rows;
-/// use clickflow_dataflows::MetricKey;
+/// use clickflow_dataflows::metric::RowKey;
+/// use clickflow_dataflows::symbol::Sym;
 /// use clickflow_operators::time::{Bucket, Granularity};
 /// use differential_dataflow::input::Input;
 ///
 /// timely::example(|scope| {
 ///     let b = Bucket { granularity: Granularity::Hour, start: 0, end: 3_600_000 };
-///     let hits = scope.new_collection_from(vec![("s".to_string(), b), ("s".to_string(), b)]).1;
-///     let rows = count_rows(hits, |(site, b): (String, Bucket)| MetricKey::new(&site, b, "demo", "hits"));
-///     rows.assert_eq(scope.new_collection_from(vec![(MetricKey::new("s", b, "demo", "hits"), 2)]).1);
+///     let site = Sym::word("s");
+///     let hits = scope.new_collection_from(vec![(site, b), (site, b)]).1;
+///     let rows = count_rows(hits, |(site, b): (Sym, Bucket)| RowKey::new(site, b, "demo", "hits"));
+///     rows.assert_eq(scope.new_collection_from(vec![(RowKey::new(site, b, "demo", "hits"), 2)]).1);
 /// });
 /// ```
-pub fn count_rows<'s, K, F>(
-    keys: VecCollection<'s, u64, K>,
-    row: F,
-) -> VecCollection<'s, u64, MetricRow>
+pub fn count_rows<'s, K, F>(keys: VecCollection<'s, u64, K>, row: F) -> VecCollection<'s, u64, Row>
 where
     K: ExchangeData + Hashable,
-    F: Fn(K) -> MetricKey + 'static,
+    F: Fn(K) -> RowKey + 'static,
 {
-    keys.count().map(move |(k, n)| (row(k), n as i64))
+    keys.count_total().map(move |(k, n)| (row(k), n as i64))
+}
+
+/// Several sums of each key through one arrangement: each record weighs in with a tuple of
+/// `isize` (one per sum), and `rows(key, totals)` names the rows the totals become. Rows of
+/// zero are not materialized. `count_rows` and `sum_rows` are the one-sum case.
+///
+/// ```
+/// use clickflow_dataflows::aggregate::sums_rows;
+/// use clickflow_dataflows::metric::RowKey;
+/// use clickflow_dataflows::symbol::Sym;
+/// use clickflow_operators::time::{Bucket, Granularity};
+/// use differential_dataflow::input::Input;
+///
+/// timely::example(|scope| {
+///     let b = Bucket { granularity: Granularity::Hour, start: 0, end: 3_600_000 };
+///     let s = Sym::word("s");
+///     // (key, (is a pageview, 1 event))
+///     let hits = scope.new_collection_from(vec![(s, (1isize, 1isize)), (s, (0, 1))]).1;
+///     let rows = sums_rows(hits, move |site: Sym, (pageviews, events): (isize, isize)| {
+///         [(RowKey::new(site, b, "demo", "pageviews"), pageviews as i64),
+///          (RowKey::new(site, b, "demo", "events"), events as i64)]
+///     });
+///     let want = vec![(RowKey::new(s, b, "demo", "pageviews"), 1), (RowKey::new(s, b, "demo", "events"), 2)];
+///     rows.assert_eq(scope.new_collection_from(want).1);
+/// });
+/// ```
+pub fn sums_rows<'s, K, R, F, I>(
+    weighted: VecCollection<'s, u64, (K, R)>,
+    rows: F,
+) -> VecCollection<'s, u64, Row>
+where
+    K: ExchangeData + Hashable,
+    R: ExchangeData + Semigroup + Multiply<isize, Output = R>,
+    F: Fn(K, R) -> I + 'static,
+    I: IntoIterator<Item = Row>,
+{
+    weighted
+        .explode(|(k, r)| Some((k, r)))
+        .count_total()
+        .flat_map(move |(k, r)| rows(k, r).into_iter().filter(|(_, v)| *v != 0))
 }
 
 /// How many distinct values each key has: `count(DISTINCT v) GROUP BY key`. Exact for every
@@ -45,37 +88,37 @@ where
 pub fn count_distinct_rows<'s, K, V, F>(
     pairs: VecCollection<'s, u64, (K, V)>,
     row: F,
-) -> VecCollection<'s, u64, MetricRow>
+) -> VecCollection<'s, u64, Row>
 where
     K: ExchangeData + Hash,
     V: ExchangeData + Hash,
-    F: Fn(K) -> MetricKey + 'static,
+    F: Fn(K) -> RowKey + 'static,
 {
-    count_rows(pairs.distinct().map(|(k, _)| k), row)
+    count_rows(pairs.distinct_total().map(|(k, _)| k), row)
 }
 
 /// The sum of the values of each key: `sum(v) GROUP BY key`. A sum of zero is no row.
 pub fn sum_rows<'s, K, F>(
     pairs: VecCollection<'s, u64, (K, i64)>,
     row: F,
-) -> VecCollection<'s, u64, MetricRow>
+) -> VecCollection<'s, u64, Row>
 where
     K: ExchangeData + Hashable,
-    F: Fn(K) -> MetricKey + 'static,
+    F: Fn(K) -> RowKey + 'static,
 {
     count_rows(pairs.explode(|(k, v)| Some((k, v as isize))), row)
 }
 
 /// HyperLogLog registers (see [`crate::uniques`]) of the visitors of each key, so visitors of
-/// one breakdown value over several buckets can be estimated by merging registers. Each row is
-/// the key's row with metric `<metric>_hll` and the register index appended to the value.
+/// one breakdown value over several buckets can be estimated by merging registers. `row` gives
+/// the sketch's row (metric `visitors_hll`); each register's row adds its index to the value.
 pub fn visitor_sketch_rows<'s, K, F>(
     pairs: VecCollection<'s, u64, (K, u64)>,
     row: F,
-) -> VecCollection<'s, u64, MetricRow>
+) -> VecCollection<'s, u64, Row>
 where
     K: ExchangeData + Hash,
-    F: Fn(K) -> MetricKey + 'static,
+    F: Fn(K) -> RowKey + 'static,
 {
     pairs
         .map(|(k, visitor)| {
@@ -91,11 +134,11 @@ where
         .map(move |((k, index), rank): ((K, u16), u8)| (sketch_key(row(k), index), rank as i64))
 }
 
-/// The sketch row of register `index` for the row `key`.
-pub fn sketch_key(mut key: MetricKey, index: u16) -> MetricKey {
-    key.metric.push_str(SKETCH_SUFFIX);
-    key.dimension_value.push(VALUE_SEPARATOR);
-    key.dimension_value.push_str(&index.to_string());
+/// The sketch row of register `index` for the row `key`: the index is the value's last part.
+pub fn sketch_key(mut key: RowKey, index: u16) -> RowKey {
+    if let Some(slot) = key.value.iter_mut().find(|p| p.is_none()) {
+        *slot = Sym::int(index as u32);
+    }
     key
 }
 
@@ -104,51 +147,63 @@ pub const SKETCH_SUFFIX: &str = "_hll";
 
 /// A breakdown of visits: for each bucket of a visit's start and each `(dimension, value)`
 /// that `dimensions` gives the visit, the rows `visits`, `visitors` (distinct, with its
-/// sketch `visitors_hll`) and, with `bounces`, `bounces`. Rows stay open until the end of the visit's day.
+/// sketch `visitors_hll`) and, with `bounces`, `bounces`. Rows stay open until the end of the
+/// visit's day.
 pub fn visit_breakdown<'s>(
-    visits: VecCollection<'s, u64, std::sync::Arc<Visit>>,
+    visits: VecCollection<'s, u64, Arc<Visit>>,
     family: &'static str,
-    dimensions: fn(&Visit) -> Vec<(&'static str, String)>,
+    dimensions: fn(&Visit) -> Vec<(&'static str, Sym)>,
     bounces: bool,
-) -> VecCollection<'s, u64, MetricRow> {
-    type Key = (String, Bucket, i64, String, String);
+) -> VecCollection<'s, u64, Row> {
+    /// (site, bucket, open until, dimension, value)
+    type Key = (Sym, Bucket, i64, Sym, Sym);
     let scope = visits.scope();
-    let keyed = visits.flat_map(move |v| {
-        let tz = parse_tz(&v.tz);
-        let dims = dimensions(&v);
-        let mut out: Vec<(Key, u64, bool)> = Vec::new();
+    // Every event of a visit replaces the visit, but what a breakdown reads of it (start,
+    // attribution, bounce) rarely changes: cancel those replacements before they fan out.
+    let heads = visits
+        .map(move |v| {
+            let dims: Vec<(Sym, Sym)> = dimensions(&v)
+                .into_iter()
+                .map(|(d, value)| (Sym::of(d), value))
+                .collect();
+            (v.site, v.visitor, v.zone, v.start, v.is_bounce(), dims)
+        })
+        .consolidate_stream();
+    let keyed = heads.flat_map(move |(site, visitor, zone, start, bounce, dims)| {
+        let tz = zone.tz();
+        let mut out: Vec<(Key, u64, bool)> = Vec::with_capacity(dims.len() * 2);
         for g in VISIT_GRANULARITIES {
-            let bucket = bucket_of(v.start, g, tz);
+            let bucket = bucket_of(start, g, tz);
+            let until = visit_rows_open_until(bucket, tz);
             for (d, value) in &dims {
-                let key = (
-                    v.site.clone(),
-                    bucket,
-                    visit_rows_open_until(bucket, tz),
-                    d.to_string(),
-                    value.clone(),
-                );
-                out.push((key, v.visitor, v.is_bounce()));
+                out.push(((site, bucket, until, *d, *value), visitor, bounce));
             }
         }
         out
     });
     let row = move |metric: &'static str| {
         move |(site, bucket, until, d, value): Key| {
-            MetricKey::new(&site, bucket, family, metric)
-                .by(&d, &value)
-                .open_until(until)
+            let mut key = RowKey::new(site, bucket, family, metric).open_until(until);
+            key.dimension[0] = d;
+            key.value[0] = value;
+            key
         }
     };
-    let mut parts = vec![
-        count_rows(keyed.clone().map(|(k, _, _)| k), row("visits")),
-        count_distinct_rows(keyed.clone().map(|(k, v, _)| (k, v)), row("visitors")),
-        visitor_sketch_rows(keyed.clone().map(|(k, v, _)| (k, v)), row("visitors")),
-    ];
-    if bounces {
-        parts.push(count_rows(
-            keyed.filter(|(_, _, b)| *b).map(|(k, _, _)| k),
-            row("bounces"),
-        ));
-    }
-    concatenate(scope, parts)
+    let counts = keyed
+        .clone()
+        .map(|(k, _, bounce)| (k, (1isize, bounce as isize)));
+    concatenate(
+        scope,
+        [
+            sums_rows(counts, move |k, (visits, bounced)| {
+                let mut out = vec![(row("visits")(k), visits as i64)];
+                if bounces {
+                    out.push((row("bounces")(k), bounced as i64));
+                }
+                out
+            }),
+            count_distinct_rows(keyed.clone().map(|(k, v, _)| (k, v)), row("visitors")),
+            visitor_sketch_rows(keyed.map(|(k, v, _)| (k, v)), row("visitors_hll")),
+        ],
+    )
 }

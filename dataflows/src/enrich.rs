@@ -1,5 +1,5 @@
-//! The first dataflow stage: turns a logged event into a [`Hit`], the analysis-ready view every
-//! family reads. Page, referrer and campaign parsing live here rather than at the collector
+//! The first dataflow stage: turns a logged event into a [`TextHit`], which the source interns
+//! into the [`crate::hit::Hit`] every family reads. Page, referrer and campaign parsing live here rather than at the collector
 //! because they are pure functions of logged fields: after a fix, a replay re-derives them for
 //! history. (User agent and IP are parsed at the collector, which does not keep them.)
 
@@ -8,9 +8,9 @@ use url::Url;
 
 use crate::event::{Client, Event, Revenue, PAGEVIEW, REFUND};
 
-/// An event as the families see it.
+/// An event enriched, in text: what [`crate::hit::Hit`] interns, and what oracles compute with.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Hit {
+pub struct TextHit {
     pub site: String,
     pub ts: i64,
     pub visitor: u64,
@@ -28,7 +28,7 @@ pub struct Hit {
     pub refund_of: Option<String>,
 }
 
-impl Hit {
+impl TextHit {
     pub fn is_pageview(&self) -> bool {
         self.name == PAGEVIEW
     }
@@ -68,7 +68,7 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Channel::Direct => "Direct",
             Channel::OrganicSearch => "Organic Search",
@@ -263,12 +263,12 @@ pub fn page_of(url: Option<&Url>) -> (String, String) {
     }
 }
 
-impl From<Event> for Hit {
-    fn from(e: Event) -> Hit {
+impl From<Event> for TextHit {
+    fn from(e: Event) -> TextHit {
         let url = Url::parse(&e.url).ok();
         let (hostname, pathname) = page_of(url.as_ref());
         let source = source_of(url.as_ref(), e.referrer.as_deref());
-        Hit {
+        TextHit {
             site: e.site,
             ts: e.ts,
             visitor: e.visitor,

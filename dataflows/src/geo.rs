@@ -3,10 +3,11 @@
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::visit_breakdown;
-use crate::metric::MetricRow;
+use crate::metric::Row;
 use crate::pipeline::Inputs;
 use crate::registry::Family;
 use crate::settings::Settings;
+use crate::symbol::Sym;
 use crate::visits::Visit;
 
 pub const FAMILY: Family = Family {
@@ -16,18 +17,18 @@ pub const FAMILY: Family = Family {
     build,
 };
 
-fn dimensions(v: &Visit) -> Vec<(&'static str, String)> {
-    vec![("country", v.country.clone())]
+fn dimensions(v: &Visit) -> Vec<(&'static str, Sym)> {
+    vec![("country", v.country)]
 }
 
-fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, MetricRow> {
+fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, Row> {
     visit_breakdown(inputs.visits.clone(), FAMILY.name, dimensions, false)
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::OracleVisit as Visit;
     use crate::testing::{oracle_property, oracle_visit_breakdown, Oracle};
-    use crate::visits::Visit;
 
     /// The dimensions as the product defines them, spelled out again here.
     fn expected_dimensions(v: &Visit) -> Vec<(&'static str, String)> {

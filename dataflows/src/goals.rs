@@ -2,15 +2,17 @@
 //! converting visitors; per goal and custom property value, the same. The API divides
 //! converting visitors by the bucket's visitors for the conversion rate.
 
-use clickflow_operators::time::{bucket_of, parse_tz, Bucket};
+use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::{count_distinct_rows, count_rows, visitor_sketch_rows};
-use crate::metric::{join_dimensions, MetricKey, MetricRow, VALUE_SEPARATOR, VISIT_GRANULARITIES};
+use crate::hit::Hit;
+use crate::metric::{Row, RowKey, VISIT_GRANULARITIES};
 use crate::pipeline::Inputs;
 use crate::registry::Family;
 use crate::settings::Settings;
+use crate::symbol::Sym;
 
 pub const FAMILY: Family = Family {
     name: "goals",
@@ -19,41 +21,41 @@ pub const FAMILY: Family = Family {
     build,
 };
 
-/// (site, bucket, dimension, value)
-type Key = (String, Bucket, String, String);
+const GOAL: Sym = Sym::word("goal");
 
-/// The breakdowns one goal event contributes to.
-pub fn goal_keys(h: &crate::enrich::Hit) -> Vec<(String, String)> {
-    let mut out = vec![("goal".to_owned(), h.name.clone())];
+/// (site, bucket, dimension, value)
+type Key = (Sym, Bucket, [Sym; 2], [Sym; 2]);
+
+/// The breakdowns one goal event contributes to: `goal` = its name, and `goal,prop:<key>` =
+/// its name and the prop's value (the hit carries each prop key as `prop:<key>` already).
+pub fn goal_keys(h: &Hit) -> Vec<([Sym; 2], [Sym; 2])> {
+    let mut out = vec![([GOAL, Sym::NONE], [h.name, Sym::NONE])];
     for (k, v) in &h.props {
-        out.push((
-            format!("goal,prop:{k}"),
-            join_dimensions(&[&h.name, v], VALUE_SEPARATOR),
-        ));
+        out.push(([GOAL, *k], [h.name, *v]));
     }
     out
 }
 
-fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, MetricRow> {
+fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, Row> {
     let keyed = inputs
         .hits
         .clone()
         .filter(|h| !h.is_pageview())
         .flat_map(|h| {
-            let tz = parse_tz(&h.tz);
+            let tz = h.zone.tz();
             let dims = goal_keys(&h);
-            let mut out: Vec<(Key, u64)> = Vec::new();
+            let mut out: Vec<(Key, u64)> = Vec::with_capacity(dims.len() * 2);
             for g in VISIT_GRANULARITIES {
                 let b = bucket_of(h.ts, g, tz);
                 for (d, v) in &dims {
-                    out.push(((h.site.clone(), b, d.clone(), v.clone()), h.visitor));
+                    out.push(((h.site, b, *d, *v), h.visitor));
                 }
             }
             out
         });
     let row = |metric: &'static str| {
         move |(site, bucket, d, v): Key| {
-            MetricKey::new(&site, bucket, FAMILY.name, metric).by(&d, &v)
+            RowKey::new(site, bucket, FAMILY.name, metric).by_parts(d, v)
         }
     };
     concatenate(
@@ -61,7 +63,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
         [
             count_rows(keyed.clone().map(|(k, _)| k), row("conversions")),
             count_distinct_rows(keyed.clone(), row("visitors")),
-            visitor_sketch_rows(keyed, row("visitors")),
+            visitor_sketch_rows(keyed, row("visitors_hll")),
         ],
     )
 }
@@ -70,7 +72,10 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
 mod tests {
     use std::collections::BTreeMap;
 
+    use clickflow_operators::time::parse_tz;
+
     use super::*;
+    use crate::metric::MetricKey;
     use crate::testing::{oracle_property, Oracle, Put};
 
     fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {

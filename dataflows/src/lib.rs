@@ -1,14 +1,20 @@
 //! Clickflow's metric families. Each family is one file holding its dataflow and its oracle
 //! test; [`registry::FAMILIES`] lists them. The shared stages (expiry, erasure, dedupe,
 //! enrichment, sessionization) live in [`pipeline`]; [`aggregate`] has the building blocks.
+//! Inside the dataflow all text is interned ([`symbol::Sym`]); rows become text at the end.
 
 pub mod aggregate;
+/// The README's worked example, tested like a registered family but not registered.
+#[cfg(test)]
+mod devices;
 pub mod enrich;
 pub mod event;
+pub mod hit;
 pub mod metric;
 pub mod pipeline;
 pub mod registry;
 pub mod settings;
+pub mod symbol;
 #[cfg(test)]
 pub mod testing;
 pub mod visits;
@@ -24,7 +30,7 @@ pub mod tech;
 pub mod traffic;
 pub mod uniques;
 
-pub use enrich::Hit;
 pub use event::{Event, Record};
-pub use metric::{MetricKey, MetricRow};
+pub use hit::Hit;
+pub use metric::{MetricKey, MetricRow, Row, RowKey};
 pub use settings::Settings;

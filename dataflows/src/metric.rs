@@ -4,6 +4,8 @@ use chrono_tz::Tz;
 use clickflow_operators::time::{bucket_of, seal_time, Bucket, Granularity};
 use serde::{Deserialize, Serialize};
 
+use crate::symbol::{Dictionary, Sym};
+
 /// Joins the names of a multi-dimension breakdown (`goal,prop:plan`) and, with
 /// [`VALUE_SEPARATOR`], its values.
 pub const DIMENSION_SEPARATOR: char = ',';
@@ -68,8 +70,81 @@ impl MetricKey {
     }
 }
 
-/// A family's output: the current value of each metric row.
+/// A row as the sink writes it: the current value of each metric row, in text.
 pub type MetricRow = (MetricKey, i64);
+
+/// A metric row inside the dataflow: [`MetricKey`] with every text interned, so keys are
+/// plain integers to hash, compare and hold. The end of the pipeline renders it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RowKey {
+    pub site: Sym,
+    pub bucket: Bucket,
+    pub family: Sym,
+    pub metric: Sym,
+    /// Dimension names, joined by [`DIMENSION_SEPARATOR`]; `NONE` parts are absent.
+    pub dimension: [Sym; 2],
+    /// Dimension values, joined by [`VALUE_SEPARATOR`]; `NONE` parts are absent.
+    pub value: [Sym; 3],
+    pub open_until: i64,
+}
+
+/// A family's output: the current value of each metric row.
+pub type Row = (RowKey, i64);
+
+impl RowKey {
+    pub fn new(site: Sym, bucket: Bucket, family: &str, metric: &str) -> RowKey {
+        RowKey {
+            site,
+            bucket,
+            family: Sym::of(family),
+            metric: Sym::of(metric),
+            dimension: [Sym::NONE; 2],
+            value: [Sym::NONE; 3],
+            open_until: bucket.end,
+        }
+    }
+
+    /// The same row broken down by `dimension` = `value`.
+    pub fn by(mut self, dimension: &str, value: Sym) -> RowKey {
+        self.dimension = [Sym::of(dimension), Sym::NONE];
+        self.value = [value, Sym::NONE, Sym::NONE];
+        self
+    }
+
+    /// Broken down by several dimensions at once (`goal,prop:plan` = `signup` + `pro`).
+    pub fn by_parts(mut self, dimension: [Sym; 2], value: [Sym; 2]) -> RowKey {
+        self.dimension = dimension;
+        self.value = [value[0], value[1], Sym::NONE];
+        self
+    }
+
+    /// Marks the row as changeable by events up to `until` (see [`MetricKey::open_until`]).
+    pub fn open_until(mut self, until: i64) -> RowKey {
+        self.open_until = self.open_until.max(until);
+        self
+    }
+
+    /// The row in text, and whether every symbol had its word (`false` is a bug upstream).
+    pub fn render(&self, dict: &Dictionary) -> (MetricKey, bool) {
+        let (site, a) = dict.join(&[self.site], ' ');
+        let (family, b) = dict.join(&[self.family], ' ');
+        let (metric, c) = dict.join(&[self.metric], ' ');
+        let (dimension, d) = dict.join(&self.dimension, DIMENSION_SEPARATOR);
+        let (dimension_value, e) = dict.join(&self.value, VALUE_SEPARATOR);
+        let key = MetricKey {
+            site,
+            granularity: self.bucket.granularity,
+            bucket_start: self.bucket.start,
+            bucket_end: self.bucket.end,
+            family,
+            dimension,
+            dimension_value,
+            metric,
+            open_until: self.open_until,
+        };
+        (key, a && b && c && d && e)
+    }
+}
 
 /// `[a, b]` → `"a,b"` for names, `"a\u{1f}b"` for values.
 pub fn join_dimensions(parts: &[&str], separator: char) -> String {

@@ -3,15 +3,19 @@
 //! visit's next pageview, summed, with the number of pageviews that have one (the last
 //! pageview of a visit has no measured time). The API divides the two for the average.
 
-use clickflow_operators::time::{bucket_of, parse_tz, Bucket};
+use std::sync::Arc;
+
+use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::VecCollection;
 
-use crate::aggregate::{count_distinct_rows, count_rows, sum_rows, visitor_sketch_rows};
-use crate::metric::{visit_rows_open_until, MetricKey, MetricRow, VISIT_GRANULARITIES};
+use crate::aggregate::{count_distinct_rows, sums_rows, visitor_sketch_rows};
+use crate::metric::{visit_rows_open_until, Row, RowKey, VISIT_GRANULARITIES};
 use crate::pipeline::Inputs;
 use crate::registry::Family;
 use crate::settings::Settings;
+use crate::symbol::Sym;
+use crate::visits::Visit;
 
 pub const FAMILY: Family = Family {
     name: "pages",
@@ -28,78 +32,74 @@ pub const FAMILY: Family = Family {
     build,
 };
 
-/// (site, bucket, path, open until)
-type Key = (String, Bucket, String, i64);
+/// (site, bucket, path, until when the bucket's visit rows stay open)
+type Key = (Sym, Bucket, Sym, i64);
 
-fn row(metric: &'static str) -> impl Fn(Key) -> MetricKey {
-    move |(site, bucket, path, until)| {
-        MetricKey::new(&site, bucket, FAMILY.name, metric)
-            .by("page", &path)
-            .open_until(until)
-    }
+fn row(metric: &'static str, k: Key) -> RowKey {
+    let (site, bucket, path, _) = k;
+    RowKey::new(site, bucket, FAMILY.name, metric).by("page", path)
 }
 
-fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, MetricRow> {
+/// A visit-derived row: open until its day seals.
+fn visit_row(metric: &'static str, k: Key) -> RowKey {
+    row(metric, k).open_until(k.3)
+}
+
+fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, Row> {
     let views = inputs
         .hits
         .clone()
         .filter(|h| h.is_pageview())
         .flat_map(|h| {
-            let tz = parse_tz(&h.tz);
+            let tz = h.zone.tz();
             VISIT_GRANULARITIES.map(|g| {
                 let b = bucket_of(h.ts, g, tz);
-                ((h.site.clone(), b, h.pathname.clone(), b.end), h.visitor)
+                ((h.site, b, h.page, visit_rows_open_until(b, tz)), h.visitor)
             })
         });
-    let ends = |entry: bool| {
-        move |v: std::sync::Arc<crate::visits::Visit>| {
-            let tz = parse_tz(&v.tz);
-            let path = if entry { &v.entry_page } else { &v.exit_page };
-            if path.is_empty() {
-                return Vec::new();
+    // (pageviews, (entries, exits), (ms on page, timed pageviews)): one arrangement per page
+    // row (differential's tuple differences go up to four, and nest).
+    type Sums = (isize, (isize, isize), (isize, isize));
+    let from_visits = inputs.visits.clone().flat_map(|v: Arc<Visit>| {
+        let tz = v.zone.tz();
+        let mut out: Vec<(Key, Sums)> = Vec::with_capacity(4 + v.page_times.len() * 2);
+        for g in VISIT_GRANULARITIES {
+            let b = bucket_of(v.start, g, tz);
+            let until = visit_rows_open_until(b, tz);
+            if !v.entry_page.is_none() {
+                out.push(((v.site, b, v.entry_page, until), (0, (1, 0), (0, 0))));
+                out.push(((v.site, b, v.exit_page, until), (0, (0, 1), (0, 0))));
             }
-            VISIT_GRANULARITIES
-                .map(|g| {
-                    let b = bucket_of(v.start, g, tz);
-                    (
-                        v.site.clone(),
-                        b,
-                        path.clone(),
-                        visit_rows_open_until(b, tz),
-                    )
-                })
-                .to_vec()
-        }
-    };
-    let timed = inputs.visits.clone().flat_map(|v| {
-        let tz = parse_tz(&v.tz);
-        let mut out: Vec<(Key, i64)> = Vec::new();
-        for (ts, path, ms) in &v.page_times {
-            for g in VISIT_GRANULARITIES {
+            for (ts, path, ms) in &v.page_times {
                 let b = bucket_of(*ts, g, tz);
-                out.push((
-                    (
-                        v.site.clone(),
-                        b,
-                        path.clone(),
-                        visit_rows_open_until(b, tz),
-                    ),
-                    *ms,
-                ));
+                let key = (v.site, b, *path, visit_rows_open_until(b, tz));
+                out.push((key, (0, (0, 0), (*ms as isize, 1))));
             }
         }
         out
     });
+    // A visit's replacement (each of its events makes one) mostly repeats its page rows.
+    let weighted = views
+        .clone()
+        .map(|(k, _)| (k, (1, (0, 0), (0, 0))))
+        .concat(from_visits.consolidate_stream());
     concatenate(
         inputs.hits.scope(),
         [
-            count_rows(views.clone().map(|(k, _)| k), row("pageviews")),
-            count_distinct_rows(views.clone(), row("visitors")),
-            visitor_sketch_rows(views, row("visitors")),
-            count_rows(inputs.visits.clone().flat_map(ends(true)), row("entries")),
-            count_rows(inputs.visits.clone().flat_map(ends(false)), row("exits")),
-            sum_rows(timed.clone(), row("time_on_page_ms")),
-            count_rows(timed.map(|(k, _)| k), row("timed_pageviews")),
+            sums_rows(
+                weighted,
+                |k, (views, (entries, exits), (ms, timed)): Sums| {
+                    [
+                        (row("pageviews", k), views as i64),
+                        (visit_row("entries", k), entries as i64),
+                        (visit_row("exits", k), exits as i64),
+                        (visit_row("time_on_page_ms", k), ms as i64),
+                        (visit_row("timed_pageviews", k), timed as i64),
+                    ]
+                },
+            ),
+            count_distinct_rows(views.clone(), |k| row("visitors", k)),
+            visitor_sketch_rows(views, |k| row("visitors_hll", k)),
         ],
     )
 }
@@ -108,7 +108,10 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
 mod tests {
     use std::collections::BTreeMap;
 
+    use clickflow_operators::time::parse_tz;
+
     use super::*;
+    use crate::metric::MetricKey;
     use crate::testing::{oracle_property, oracle_visits, Oracle, Put};
 
     fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {

@@ -1,26 +1,32 @@
 //! The stages every family shares: expiry of sealed state, erasure, deduplication by event
 //! id, enrichment and sessionization. Families read the result as [`Inputs`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use chrono_tz::Tz;
+use clickflow_operators::dedupe::FirstOfKey;
 use clickflow_operators::expiry::Expire;
-use clickflow_operators::time::{bucket_of, parse_tz, seal_time, Granularity};
+use clickflow_operators::time::{bucket_of, seal_time, Granularity};
 use differential_dataflow::collection::concatenate;
-use differential_dataflow::VecCollection;
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
 
-use crate::enrich::Hit;
-use crate::event::{BotHit, Event, Record};
-use crate::metric::{visit_rows_open_until, MetricRow};
-use crate::registry::FAMILIES;
+use crate::event::Record;
+use crate::hit::{Bot, Hit};
+use crate::metric::{visit_rows_open_until, MetricRow, Row};
+use crate::registry::{Family, FAMILIES};
 use crate::settings::Settings;
+use crate::symbol::{Dictionary, Interner, Sym};
 use crate::visits::{visits, Visit};
 
 /// What every family builds on. All collections are over ingest time and already free of
 /// duplicates, erased visitors and state of sealed days.
 ///
 /// Hits and visits are shared (`Arc`): every family reads them, and a stream with many
-/// readers hands each its own copy, which for a struct of a dozen strings was most of the
-/// engine's time in malloc.
+/// readers hands each its own copy.
 pub struct Inputs<'s> {
     /// Pageviews and custom events (refunds are not visitor activity and live apart).
     pub hits: VecCollection<'s, u64, Arc<Hit>>,
@@ -29,15 +35,14 @@ pub struct Inputs<'s> {
     /// Visits rebuilt from `hits`.
     pub visits: VecCollection<'s, u64, Arc<Visit>>,
     /// Hits the collector recognised as bots.
-    pub bots: VecCollection<'s, u64, BotHit>,
+    pub bots: VecCollection<'s, u64, Bot>,
 }
 
 /// The ingest time after which no row needs a record of event time `ts` any more. All records
 /// of a day share it (a visit is rebuilt from all of its day's events, so none may leave
 /// early): the day's own seal, or, where the day's last hour straddles local midnight
 /// (UTC+5:30 and the like), the seal of that hour's visit rows, which wait for the next day.
-pub fn day_seal_time(ts: i64, tz: &str, settings: &Settings) -> u64 {
-    let tz = parse_tz(tz);
+pub fn day_seal_time(ts: i64, tz: Tz, settings: &Settings) -> u64 {
     let day = bucket_of(ts, Granularity::Day, tz);
     let last_hour = bucket_of(day.end - 1, Granularity::Hour, tz);
     seal_time(
@@ -46,85 +51,213 @@ pub fn day_seal_time(ts: i64, tz: &str, settings: &Settings) -> u64 {
     )
 }
 
-/// Events with the same `(site, event_id)` are client retries: one of them counts.
-/// The survivor is the least event in `Ord` order, so every run picks the same one.
-pub fn dedupe<'s>(events: VecCollection<'s, u64, Event>) -> VecCollection<'s, u64, Event> {
-    events
-        .map(|e| ((e.site.clone(), e.event_id.clone()), e))
-        .reduce_named("Dedupe", |_id, copies, out| {
-            out.push((copies[0].0.clone(), 1))
-        })
-        .map(|(_, e)| e)
-}
-
-/// How long past its own day's seal a copy of an event is remembered for deduplication. A
-/// retry re-sent without its time is stamped anew and may fall on the next day: the first
-/// copy must outlive that day too, or the retry would count there once the first expired.
-/// The same margin keeps a refund until a purchase on the following day has sealed.
+/// How long past its own day's seal an event id is remembered for deduplication. A retry
+/// re-sent without its time is stamped anew and may fall on the next day: the first copy's id
+/// must outlive that day too, or the retry would count there. The same margin keeps a refund
+/// until a purchase on the following day has sealed.
 pub const DEDUPE_MARGIN_MS: u64 = 25 * 3_600_000;
 
-/// Expiry, erasure, dedupe, enrichment and sessionization.
-pub fn prepare<'s>(records: VecCollection<'s, u64, Record>, settings: &Settings) -> Inputs<'s> {
-    let day_seal = settings.clone();
-    let events = records
+/// A log record with its text interned, or a word the dictionary must learn.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+enum Item {
+    Hit(Arc<Hit>),
+    Bot(Bot),
+    Erase(Sym, u64),
+    Word(Sym, String),
+}
+
+/// Interns every record where it was read. Each worker announces each word once, at the time
+/// of the first record that uses it, so a row can always be rendered once its time completes.
+fn intern<'s>(records: VecCollection<'s, u64, Record>) -> VecCollection<'s, u64, Item> {
+    records
+        .inner
+        .unary(Pipeline, "Intern", |_cap, _info| {
+            let mut words = Interner::default();
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    let mut session = output.session(&cap);
+                    for (record, time, diff) in data.drain(..) {
+                        let item = match record {
+                            Record::Event(e) => Item::Hit(Arc::new(Hit::intern(e, &mut words))),
+                            Record::Bot(b) => Item::Bot(Bot::intern(&b, &mut words)),
+                            Record::Erase(x) => Item::Erase(words.intern(&x.site), x.visitor),
+                        };
+                        for (sym, text) in words.take_fresh() {
+                            session.give((Item::Word(sym, text), time, 1));
+                        }
+                        session.give((item, time, diff));
+                    }
+                });
+            }
+        })
+        .as_collection()
+}
+
+/// Interning, erasure, dedupe and expiry, then sessionization. Also returns the words the
+/// dictionary needs to render rows.
+pub fn prepare<'s>(
+    records: VecCollection<'s, u64, Record>,
+    settings: &Settings,
+) -> (Inputs<'s>, VecCollection<'s, u64, (Sym, String)>) {
+    let items = intern(records);
+    let words = items.clone().flat_map(|i| match i {
+        Item::Word(sym, text) => Some((sym, text)),
+        _ => None,
+    });
+    let (forget, seal) = (settings.clone(), settings.clone());
+    // Dedupe holds ids only; the survivor carries its own retraction at its day's seal
+    // (refunds: the margin later, so a refund outlives a purchase of the next day).
+    let all = items
         .clone()
-        .flat_map(|r| match r {
-            Record::Event(e) => Some(e),
+        .flat_map(|i| match i {
+            Item::Hit(h) => Some(h),
             _ => None,
         })
-        .expire_at(move |e| day_seal_time(e.ts, &e.tz, &day_seal) + DEDUPE_MARGIN_MS);
-    let (day_seal, bot_seal) = (settings.clone(), settings.clone());
-    let bots = records
+        .first_of_key(
+            |h| (h.site, h.id),
+            move |h| day_seal_time(h.ts, h.zone.tz(), &forget) + DEDUPE_MARGIN_MS,
+        )
+        .expire_at(move |h| {
+            let margin = if h.is_refund() { DEDUPE_MARGIN_MS } else { 0 };
+            day_seal_time(h.ts, h.zone.tz(), &seal) + margin
+        });
+    let (forget, seal) = (settings.clone(), settings.clone());
+    let bots = items
         .clone()
-        .flat_map(|r| match r {
-            Record::Bot(b) => Some(b),
+        .flat_map(|i| match i {
+            Item::Bot(b) => Some(b),
             _ => None,
         })
-        .expire_at(move |b| day_seal_time(b.ts, &b.tz, &day_seal) + DEDUPE_MARGIN_MS)
-        // Retried bot requests count once too.
-        .map(|b| ((b.site.clone(), b.event_id.clone()), b))
-        .reduce_named("DedupeBots", |_id, copies, out| {
-            out.push((copies[0].0.clone(), 1))
-        })
-        .map(|(_, b)| b)
-        // Downstream state follows the survivor's own day (expiries compose: see realtime).
-        .expire_at(move |b| day_seal_time(b.ts, &b.tz, &bot_seal));
+        .first_of_key(
+            |b| (b.site, b.id),
+            move |b| day_seal_time(b.ts, b.zone.tz(), &forget) + DEDUPE_MARGIN_MS,
+        )
+        .expire_at(move |b| day_seal_time(b.ts, b.zone.tz(), &seal));
     // Erasures are kept forever: a visitor stays erased whatever arrives later.
-    let erased = records
-        .flat_map(|r| match r {
-            Record::Erase(x) => Some((x.site, x.visitor)),
+    let erased = items
+        .flat_map(|i| match i {
+            Item::Erase(site, visitor) => Some((site, visitor)),
             _ => None,
         })
         .distinct();
-    let kept = events
-        .map(|e| ((e.site.clone(), e.visitor), e))
+    let kept = all
+        .map(|h| ((h.site, h.visitor), h))
         .antijoin(erased)
-        .map(|(_, e)| e);
-    let all = dedupe(kept).map(|e| Arc::new(Hit::from(e)));
-    let refunds = all.clone().filter(|h| h.is_refund());
-    let hit_seal = settings.clone();
-    let hits = all
-        .filter(|h| !h.is_refund())
-        .expire_at(move |h| day_seal_time(h.ts, &h.tz, &hit_seal));
-    Inputs {
+        .map(|(_, h)| h);
+    let refunds = kept.clone().filter(|h| h.is_refund());
+    let hits = kept.filter(|h| !h.is_refund());
+    let inputs = Inputs {
         visits: visits(hits.clone(), settings).map(Arc::new),
         hits,
         refunds,
         bots,
-    }
+    };
+    (inputs, words)
 }
 
-/// Everything downstream of the source: the shared stages and every registered family.
+/// Everything downstream of the source: the shared stages, every registered family, and the
+/// rendering of rows back to text.
 pub fn metrics<'s>(
     records: VecCollection<'s, u64, Record>,
     settings: &Settings,
 ) -> VecCollection<'s, u64, MetricRow> {
+    metrics_of(records, settings, |_| true)
+}
+
+/// As [`metrics`], with only the registered families `include` accepts (benchmarks and
+/// diagnosis).
+pub fn metrics_of<'s>(
+    records: VecCollection<'s, u64, Record>,
+    settings: &Settings,
+    include: impl Fn(&Family) -> bool,
+) -> VecCollection<'s, u64, MetricRow> {
+    let families = FAMILIES.iter().filter(|f| include(f)).collect();
+    metrics_with(records, settings, families)
+}
+
+/// As [`metrics`], with exactly `families` (registered or not: tests of examples).
+pub fn metrics_with<'s>(
+    records: VecCollection<'s, u64, Record>,
+    settings: &Settings,
+    families: Vec<&'static Family>,
+) -> VecCollection<'s, u64, MetricRow> {
     let scope = records.scope();
-    let inputs = prepare(records, settings);
-    concatenate(
+    let (inputs, words) = prepare(records, settings);
+    let rows = concatenate(
         scope,
-        FAMILIES
+        families
             .iter()
             .map(|family| (family.build)(&inputs, settings)),
-    )
+    );
+    render(rows, words, fixed_words(&families))
+}
+
+/// The words families may use without announcing them: names, metrics and dimensions.
+fn fixed_words(families: &[&'static Family]) -> Dictionary {
+    let mut fixed: Vec<&'static str> = Vec::new();
+    for f in families {
+        fixed.push(f.name);
+        fixed.extend(f.metrics.iter().copied());
+        for d in f.dimensions {
+            fixed.extend(d.split(crate::metric::DIMENSION_SEPARATOR));
+        }
+    }
+    Dictionary::with(fixed)
+}
+
+/// Updates held until their time completes, with the capability to send them at it.
+type Waiting<D> = BTreeMap<u64, (Capability<u64>, Vec<D>)>;
+
+/// Turns interned rows back into text on worker 0 (the sink's worker): a row waits until its
+/// time is complete on both inputs, by which time every word it uses has arrived.
+fn render<'s>(
+    rows: VecCollection<'s, u64, Row>,
+    words: VecCollection<'s, u64, (Sym, String)>,
+    fixed: Dictionary,
+) -> VecCollection<'s, u64, MetricRow> {
+    rows.inner
+        .binary_frontier(
+            words.inner,
+            Exchange::new(|_: &(Row, u64, isize)| 0),
+            Exchange::new(|_: &((Sym, String), u64, isize)| 0),
+            "Render",
+            |_cap, _info| {
+                let mut dictionary = fixed;
+                let mut waiting: Waiting<(Row, isize)> = BTreeMap::new();
+                move |(rows_in, rows_frontier), (words_in, words_frontier), output| {
+                    words_in.for_each(|_cap, data| {
+                        for ((sym, text), _, _) in data.drain(..) {
+                            dictionary.insert(sym, &text);
+                        }
+                    });
+                    rows_in.for_each(|cap, data| {
+                        for (row, time, diff) in data.drain(..) {
+                            waiting
+                                .entry(time)
+                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
+                                .1
+                                .push((row, diff));
+                        }
+                    });
+                    while let Some(entry) = waiting.first_entry() {
+                        let time = *entry.key();
+                        if rows_frontier.less_equal(&time) || words_frontier.less_equal(&time) {
+                            break;
+                        }
+                        let (cap, rows) = entry.remove();
+                        let mut session = output.session(&cap);
+                        for ((key, value), diff) in rows {
+                            let (text, known) = key.render(&dictionary);
+                            if !known {
+                                tracing::error!(row = ?text, "a row names a word never announced");
+                            }
+                            session.give(((text, value), time, diff));
+                        }
+                    }
+                }
+            },
+        )
+        .as_collection()
 }

@@ -7,10 +7,11 @@ use clickflow_operators::time::{Bucket, Granularity};
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::count_distinct_rows;
-use crate::metric::{MetricKey, MetricRow, TIMELESS_END_MS};
+use crate::metric::{Row, RowKey, TIMELESS_END_MS};
 use crate::pipeline::Inputs;
 use crate::registry::Family;
 use crate::settings::Settings;
+use crate::symbol::Sym;
 
 pub const FAMILY: Family = Family {
     name: "realtime",
@@ -27,18 +28,18 @@ pub const NOW: Bucket = Bucket {
     end: TIMELESS_END_MS,
 };
 
-fn build<'s>(inputs: &Inputs<'s>, settings: &Settings) -> VecCollection<'s, u64, MetricRow> {
+fn build<'s>(inputs: &Inputs<'s>, settings: &Settings) -> VecCollection<'s, u64, Row> {
     let window = settings.realtime_window_ms;
     // `expire_at` negates every update, including the day-seal retractions upstream, so
     // composing two expiries keeps each record from its arrival to the earlier of the two.
     let active = inputs
         .hits
         .clone()
-        .map(|h| (h.site.clone(), h.visitor, h.ts))
+        .map(|h| (h.site, h.visitor, h.ts))
         .expire_at(move |(_, _, ts)| ts.saturating_add(window).max(0) as u64)
         .map(|(site, visitor, _)| (site, visitor));
-    count_distinct_rows(active, |site: String| {
-        MetricKey::new(&site, NOW, FAMILY.name, "current_visitors")
+    count_distinct_rows(active, |site: Sym| {
+        RowKey::new(site, NOW, FAMILY.name, "current_visitors")
     })
 }
 
@@ -47,6 +48,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
+    use crate::metric::MetricKey;
     use crate::testing::{oracle_property, Oracle, Put};
 
     fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {

@@ -2,7 +2,7 @@
 
 use differential_dataflow::VecCollection;
 
-use crate::metric::MetricRow;
+use crate::metric::Row;
 use crate::pipeline::Inputs;
 use crate::settings::Settings;
 
@@ -13,7 +13,7 @@ pub struct Family {
     /// The breakdowns it materializes; `""` is the total without a breakdown. A breakdown by
     /// several dimensions is their names joined by `,`.
     pub dimensions: &'static [&'static str],
-    pub build: for<'s> fn(&Inputs<'s>, &Settings) -> VecCollection<'s, u64, MetricRow>,
+    pub build: for<'s> fn(&Inputs<'s>, &Settings) -> VecCollection<'s, u64, Row>,
 }
 
 pub static FAMILIES: &[Family] = &[

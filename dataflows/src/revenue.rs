@@ -3,15 +3,15 @@
 //! A `refund` event naming a purchase's `event_id` takes that purchase's revenue back, in the
 //! purchase's own buckets, whichever of the two arrives first.
 
-use clickflow_operators::time::{bucket_of, parse_tz, Bucket};
-use differential_dataflow::collection::concatenate;
+use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::VecCollection;
 
-use crate::aggregate::{count_rows, sum_rows};
-use crate::metric::{join_dimensions, MetricKey, MetricRow, VALUE_SEPARATOR, VISIT_GRANULARITIES};
+use crate::aggregate::sums_rows;
+use crate::metric::{Row, RowKey, VISIT_GRANULARITIES};
 use crate::pipeline::Inputs;
 use crate::registry::Family;
 use crate::settings::Settings;
+use crate::symbol::Sym;
 
 pub const FAMILY: Family = Family {
     name: "revenue",
@@ -20,57 +20,52 @@ pub const FAMILY: Family = Family {
     build,
 };
 
-/// (site, bucket, goal and currency)
-type Key = (String, Bucket, String);
+const GOAL_CURRENCY: [Sym; 2] = [Sym::word("goal"), Sym::word("currency")];
 
-fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, MetricRow> {
+/// (site, bucket, goal, currency)
+type Key = (Sym, Bucket, Sym, Sym);
+
+fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, Row> {
     let refunded = inputs
         .refunds
         .clone()
-        .flat_map(|r| r.refund_of.clone().map(|id| (r.site.clone(), id)))
+        .flat_map(|r| r.refund_of.map(|id| (r.site, id)))
         .distinct();
     let paid = inputs
         .hits
         .clone()
         .flat_map(|h| {
-            let micros = h.revenue.as_ref().and_then(|r| r.micros())?;
-            Some(((h.site.clone(), h.event_id.clone()), (h, micros)))
+            let (micros, currency) = h.revenue?;
+            Some(((h.site, h.id), (h, micros, currency)))
         })
         .antijoin(refunded)
-        .flat_map(|(_, (h, micros))| {
-            let tz = parse_tz(&h.tz);
-            let currency = h
-                .revenue
-                .as_ref()
-                .map(|r| r.currency.clone())
-                .unwrap_or_default();
-            let value = join_dimensions(&[&h.name, &currency], VALUE_SEPARATOR);
-            VISIT_GRANULARITIES.map(|g| {
-                (
-                    (h.site.clone(), bucket_of(h.ts, g, tz), value.clone()),
-                    micros,
-                )
-            })
+        .flat_map(|(_, (h, micros, currency))| {
+            let tz = h.zone.tz();
+            VISIT_GRANULARITIES
+                .map(|g| ((h.site, bucket_of(h.ts, g, tz), h.name, currency), micros))
         });
     let row = |metric: &'static str| {
-        move |(site, bucket, value): Key| {
-            MetricKey::new(&site, bucket, FAMILY.name, metric).by("goal,currency", &value)
+        move |(site, bucket, goal, currency): Key| {
+            RowKey::new(site, bucket, FAMILY.name, metric).by_parts(GOAL_CURRENCY, [goal, currency])
         }
     };
-    concatenate(
-        inputs.hits.scope(),
+    let weighted = paid.map(|(k, micros)| (k, (micros as isize, 1isize)));
+    sums_rows(weighted, move |k, (micros, events)| {
         [
-            sum_rows(paid.clone(), row("revenue_micros")),
-            count_rows(paid.map(|(k, _)| k), row("revenue_events")),
-        ],
-    )
+            (row("revenue_micros")(k), micros as i64),
+            (row("revenue_events")(k), events as i64),
+        ]
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, HashSet};
 
+    use clickflow_operators::time::parse_tz;
+
     use super::*;
+    use crate::metric::MetricKey;
     use crate::testing::{oracle_property, Oracle, Put};
 
     fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {

@@ -2,15 +2,15 @@
 //! the visit's start. The query API derives bounce rate, average duration and views per visit
 //! from these sums, so every derived number stays exact when a late event merges two visits.
 
-use clickflow_operators::time::{bucket_of, parse_tz, Bucket};
-use differential_dataflow::collection::concatenate;
+use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::VecCollection;
 
-use crate::aggregate::{count_rows, sum_rows};
-use crate::metric::{visit_rows_open_until, MetricKey, MetricRow, VISIT_GRANULARITIES};
+use crate::aggregate::sums_rows;
+use crate::metric::{visit_rows_open_until, Row, RowKey, VISIT_GRANULARITIES};
 use crate::pipeline::Inputs;
 use crate::registry::Family;
 use crate::settings::Settings;
+use crate::symbol::Sym;
 
 pub const FAMILY: Family = Family {
     name: "sessions",
@@ -19,39 +19,39 @@ pub const FAMILY: Family = Family {
     build,
 };
 
-fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, MetricRow> {
+fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, Row> {
     let per_bucket = inputs.visits.clone().flat_map(|v| {
-        let tz = parse_tz(&v.tz);
+        let tz = v.zone.tz();
         VISIT_GRANULARITIES.map(|g| {
             let b = bucket_of(v.start, g, tz);
-            ((v.site.clone(), b, visit_rows_open_until(b, tz)), v.clone())
+            ((v.site, b, visit_rows_open_until(b, tz)), v.clone())
         })
     });
     let row = |metric: &'static str| {
-        move |(site, bucket, until): (String, Bucket, i64)| {
-            MetricKey::new(&site, bucket, FAMILY.name, metric).open_until(until)
+        move |(site, bucket, until): (Sym, Bucket, i64)| {
+            RowKey::new(site, bucket, FAMILY.name, metric).open_until(until)
         }
     };
-    concatenate(
-        inputs.visits.scope(),
-        [
-            count_rows(per_bucket.clone().map(|(k, _)| k), row("visits")),
-            count_rows(
-                per_bucket
-                    .clone()
-                    .filter(|(_, v)| v.is_bounce())
-                    .map(|(k, _)| k),
-                row("bounces"),
-            ),
-            sum_rows(
-                per_bucket.clone().map(|(k, v)| (k, v.duration_ms())),
-                row("visit_duration_ms"),
-            ),
-            sum_rows(
-                per_bucket.map(|(k, v)| (k, v.pageviews)),
-                row("visit_pageviews"),
-            ),
-        ],
+    // One arrangement for the four sums of each bucket.
+    let weighted = per_bucket.map(|(k, v)| {
+        let sums = (
+            1isize,
+            v.is_bounce() as isize,
+            v.duration_ms() as isize,
+            v.pageviews as isize,
+        );
+        (k, sums)
+    });
+    sums_rows(
+        weighted,
+        move |k, (visits, bounces, duration, pageviews)| {
+            [
+                (row("visits")(k), visits as i64),
+                (row("bounces")(k), bounces as i64),
+                (row("visit_duration_ms")(k), duration as i64),
+                (row("visit_pageviews")(k), pageviews as i64),
+            ]
+        },
     )
 }
 
@@ -59,7 +59,10 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
 mod tests {
     use std::collections::BTreeMap;
 
+    use clickflow_operators::time::parse_tz;
+
     use super::*;
+    use crate::metric::MetricKey;
     use crate::testing::{oracle_property, oracle_visits, Oracle, Put};
 
     fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {

@@ -4,10 +4,11 @@
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::visit_breakdown;
-use crate::metric::MetricRow;
+use crate::metric::Row;
 use crate::pipeline::Inputs;
 use crate::registry::Family;
 use crate::settings::Settings;
+use crate::symbol::Sym;
 use crate::visits::Visit;
 
 pub const FAMILY: Family = Family {
@@ -26,32 +27,32 @@ pub const FAMILY: Family = Family {
     build,
 };
 
-fn dimensions(v: &Visit) -> Vec<(&'static str, String)> {
+fn dimensions(v: &Visit) -> Vec<(&'static str, Sym)> {
     let s = &v.source;
     [
-        ("source", s.source.clone()),
-        ("referrer", s.referrer.clone()),
-        ("channel", s.channel.as_str().to_owned()),
-        ("utm_source", s.utm_source.clone()),
-        ("utm_medium", s.utm_medium.clone()),
-        ("utm_campaign", s.utm_campaign.clone()),
-        ("utm_term", s.utm_term.clone()),
-        ("utm_content", s.utm_content.clone()),
+        ("source", s.source),
+        ("referrer", s.referrer),
+        ("channel", s.channel),
+        ("utm_source", s.utm[0]),
+        ("utm_medium", s.utm[1]),
+        ("utm_campaign", s.utm[2]),
+        ("utm_term", s.utm[3]),
+        ("utm_content", s.utm[4]),
     ]
     .into_iter()
     // Direct visits have no referrer and most have no campaign: no empty rows for them.
-    .filter(|(_, value)| !value.is_empty())
+    .filter(|(_, value)| *value != Sym::EMPTY)
     .collect()
 }
 
-fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, MetricRow> {
+fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, Row> {
     visit_breakdown(inputs.visits.clone(), FAMILY.name, dimensions, true)
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::OracleVisit as Visit;
     use crate::testing::{oracle_property, oracle_visit_breakdown, Oracle};
-    use crate::visits::Visit;
 
     /// The dimensions as the product defines them, spelled out again here.
     fn expected_dimensions(v: &Visit) -> Vec<(&'static str, String)> {

@@ -4,10 +4,11 @@
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::visit_breakdown;
-use crate::metric::MetricRow;
+use crate::metric::Row;
 use crate::pipeline::Inputs;
 use crate::registry::Family;
 use crate::settings::Settings;
+use crate::symbol::Sym;
 use crate::visits::Visit;
 
 pub const FAMILY: Family = Family {
@@ -17,29 +18,26 @@ pub const FAMILY: Family = Family {
     build,
 };
 
-fn dimensions(v: &Visit) -> Vec<(&'static str, String)> {
+fn dimensions(v: &Visit) -> Vec<(&'static str, Sym)> {
     let c = &v.client;
     vec![
-        ("device", c.device.clone()),
-        ("browser", c.browser.clone()),
+        ("device", c.device),
+        ("browser", c.browser),
         // Versions are only meaningful next to their name: "Chrome 120".
-        (
-            "browser_version",
-            format!("{} {}", c.browser, c.browser_version),
-        ),
-        ("os", c.os.clone()),
-        ("os_version", format!("{} {}", c.os, c.os_version)),
+        ("browser_version", c.browser_version),
+        ("os", c.os),
+        ("os_version", c.os_version),
     ]
 }
 
-fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, MetricRow> {
+fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, Row> {
     visit_breakdown(inputs.visits.clone(), FAMILY.name, dimensions, false)
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::OracleVisit as Visit;
     use crate::testing::{oracle_property, oracle_visit_breakdown, Oracle};
-    use crate::visits::Visit;
 
     /// The dimensions as the product defines them, spelled out again here.
     fn expected_dimensions(v: &Visit) -> Vec<(&'static str, String)> {

@@ -13,12 +13,45 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use timely::dataflow::operators::ToStream;
 
-use crate::enrich::Hit;
+use crate::enrich::{Source, TextHit as Hit};
 use crate::event::{BotHit, Client, Erasure, Event, Record, Revenue};
 use crate::metric::MetricKey;
-use crate::pipeline::metrics;
+use crate::pipeline::metrics_with;
+use crate::registry::{Family, FAMILIES};
+
+/// Families that are not registered but tested like the rest: the README's worked example.
+pub static EXAMPLES: &[Family] = &[crate::devices::FAMILY];
 use crate::settings::Settings;
-use crate::visits::Visit;
+use crate::symbol::fingerprint;
+
+/// A visit in text, as the oracles rebuild it.
+#[derive(Clone, Debug)]
+pub struct OracleVisit {
+    pub site: String,
+    pub visitor: u64,
+    pub tz: String,
+    pub start: i64,
+    pub end: i64,
+    pub pageviews: i64,
+    pub interactions: i64,
+    /// Empty for visits without pageviews.
+    pub entry_page: String,
+    pub exit_page: String,
+    pub source: Source,
+    pub client: Client,
+    pub country: String,
+    pub page_times: Vec<(i64, String, i64)>,
+}
+
+impl OracleVisit {
+    pub fn is_bounce(&self) -> bool {
+        self.pageviews == 1 && self.interactions == 0
+    }
+
+    pub fn duration_ms(&self) -> i64 {
+        self.end - self.start
+    }
+}
 
 pub const TEST_LATENESS_MS: u64 = 2 * 3_600_000;
 
@@ -193,7 +226,9 @@ pub fn random_stream(seed: u64, n: usize) -> Vec<(Record, u64)> {
 /// What a family's oracle sees: the records that arrived before `now`, reduced the way the
 /// product promises, by plain Rust.
 pub struct Oracle {
-    /// Surviving events (one per id, the least copy), erased visitors removed, refunds apart.
+    /// Surviving events (one per id: the first to arrive; of copies arriving together, the
+    /// one with the earliest time, then the least visitor), erased visitors removed, refunds
+    /// apart.
     pub hits: Vec<Hit>,
     pub refunds: Vec<Hit>,
     pub bots: Vec<BotHit>,
@@ -205,21 +240,25 @@ pub struct Oracle {
 impl Oracle {
     fn at(stream: &[(Record, u64)], now: Option<u64>, settings: &Settings) -> Oracle {
         let arrived = stream.iter().filter(|(_, t)| now.is_none_or(|n| *t < n));
-        let mut least: HashMap<(String, String), Event> = HashMap::new();
+        let mut least: HashMap<(String, String), (u64, i64, u64, Event)> = HashMap::new();
         let mut erased: HashSet<(String, u64)> = HashSet::new();
-        let mut bots: HashMap<(String, String), BotHit> = HashMap::new();
-        for (record, _) in arrived {
+        let mut bots: HashMap<(String, String), (u64, i64, BotHit)> = HashMap::new();
+        for (record, t) in arrived {
             match record {
                 Record::Event(e) => {
                     let key = (e.site.clone(), e.event_id.clone());
-                    if least.get(&key).is_none_or(|old| e < old) {
-                        least.insert(key, e.clone());
+                    let rank = (*t, e.ts, e.visitor);
+                    if least
+                        .get(&key)
+                        .is_none_or(|old| rank < (old.0, old.1, old.2))
+                    {
+                        least.insert(key, (rank.0, rank.1, rank.2, e.clone()));
                     }
                 }
                 Record::Bot(b) => {
                     let key = (b.site.clone(), b.event_id.clone());
-                    if bots.get(&key).is_none_or(|old| b < old) {
-                        bots.insert(key, b.clone());
+                    if bots.get(&key).is_none_or(|old| (*t, b.ts) < (old.0, old.1)) {
+                        bots.insert(key, (*t, b.ts, b.clone()));
                     }
                 }
                 Record::Erase(x) => {
@@ -229,13 +268,14 @@ impl Oracle {
         }
         let (refunds, hits): (Vec<Hit>, Vec<Hit>) = least
             .into_values()
+            .map(|(_, _, _, e)| e)
             .filter(|e| !erased.contains(&(e.site.clone(), e.visitor)))
             .map(Hit::from)
             .partition(|h| h.is_refund());
         Oracle {
             hits,
             refunds,
-            bots: bots.into_values().collect(),
+            bots: bots.into_values().map(|(_, _, b)| b).collect(),
             now,
             settings: settings.clone(),
         }
@@ -298,7 +338,7 @@ impl Put {
 pub fn oracle_visit_breakdown(
     o: &Oracle,
     family: &str,
-    dimensions: fn(&Visit) -> Vec<(&'static str, String)>,
+    dimensions: fn(&OracleVisit) -> Vec<(&'static str, String)>,
     bounces: bool,
 ) -> BTreeMap<MetricKey, i64> {
     let mut put = Put::default();
@@ -341,7 +381,7 @@ pub(crate) use oracle_property;
 
 /// Visits by plain batch logic: sort each (site, visitor, local day)'s hits by time and cut
 /// where the gap exceeds `timeout`.
-pub fn oracle_visits(hits: &[Hit], timeout: i64) -> Vec<Visit> {
+pub fn oracle_visits(hits: &[Hit], timeout: i64) -> Vec<OracleVisit> {
     let mut groups: BTreeMap<(String, u64, i64), Vec<&Hit>> = BTreeMap::new();
     for h in hits {
         let day = bucket_of(h.ts, Granularity::Day, parse_tz(&h.tz));
@@ -351,8 +391,9 @@ pub fn oracle_visits(hits: &[Hit], timeout: i64) -> Vec<Visit> {
             .push(h);
     }
     let mut visits = Vec::new();
-    for ((site, visitor, day_end), mut group) in groups {
-        group.sort_by(|a, b| (a.ts, &a.event_id).cmp(&(b.ts, &b.event_id)));
+    for ((site, visitor, _day_end), mut group) in groups {
+        // Events at the same instant go in the order of their ids' fingerprints.
+        group.sort_by_key(|h| (h.ts, fingerprint(&h.event_id)));
         let mut cuts = vec![0];
         for i in 1..group.len() {
             if group[i].ts - group[i - 1].ts > timeout {
@@ -364,13 +405,12 @@ pub fn oracle_visits(hits: &[Hit], timeout: i64) -> Vec<Visit> {
             let run = &group[w[0]..w[1]];
             let views: Vec<&&Hit> = run.iter().filter(|h| h.is_pageview()).collect();
             let first = views.first().copied().copied().unwrap_or(run[0]);
-            visits.push(Visit {
+            visits.push(OracleVisit {
                 site: site.clone(),
                 visitor,
                 tz: first.tz.clone(),
                 start: run[0].ts,
                 end: run[run.len() - 1].ts,
-                day_end,
                 pageviews: views.len() as i64,
                 interactions: (run.len() - views.len()) as i64,
                 entry_page: views
@@ -406,6 +446,11 @@ pub fn check_every_epoch(
 ) {
     let settings = test_settings();
     let lateness = settings.seal_lateness_ms;
+    let under_test: &'static Family = FAMILIES
+        .iter()
+        .chain(EXAMPLES)
+        .find(|f| f.name == family)
+        .unwrap_or_else(|| panic!("no family {family:?}"));
     let table: MemoryTable<MetricKey, i64> = MemoryTable::default();
     let rows = table.0.clone();
     let owned = stream.to_vec();
@@ -445,7 +490,8 @@ pub fn check_every_epoch(
     timely::execute_directly(move |worker| {
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_collection::<Record, isize>();
-            let out = metrics(records, &settings);
+            // Only the family under test: the others are independent of it.
+            let out = metrics_with(records, &settings, vec![under_test]);
             let progress = Vec::<(u32, u64)>::new()
                 .to_stream(scope)
                 .container::<Vec<_>>();

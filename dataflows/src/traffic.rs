@@ -1,15 +1,16 @@
 //! `traffic`: per site and bucket, pageviews, events, exact distinct visitors, and the bot
 //! hits the collector filtered out.
 
-use clickflow_operators::time::{bucket_of, parse_tz, Bucket, Granularity};
+use clickflow_operators::time::{bucket_of, Bucket, Granularity};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::VecCollection;
 
-use crate::aggregate::{count_distinct_rows, count_rows};
-use crate::metric::{MetricKey, MetricRow};
+use crate::aggregate::{count_distinct_rows, count_rows, sums_rows};
+use crate::metric::{Row, RowKey};
 use crate::pipeline::Inputs;
 use crate::registry::Family;
 use crate::settings::Settings;
+use crate::symbol::Sym;
 
 pub const FAMILY: Family = Family {
     name: "traffic",
@@ -18,33 +19,31 @@ pub const FAMILY: Family = Family {
     build,
 };
 
-fn row(metric: &'static str) -> impl Fn((String, Bucket)) -> MetricKey {
-    move |(site, bucket)| MetricKey::new(&site, bucket, FAMILY.name, metric)
+fn row(metric: &'static str) -> impl Fn((Sym, Bucket)) -> RowKey {
+    move |(site, bucket)| RowKey::new(site, bucket, FAMILY.name, metric)
 }
 
-fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, MetricRow> {
+fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, Row> {
     let bucketed = inputs.hits.clone().flat_map(|h| {
-        let tz = parse_tz(&h.tz);
-        Granularity::ALL.map(|g| {
-            (
-                (h.site.clone(), bucket_of(h.ts, g, tz)),
-                h.visitor,
-                h.is_pageview(),
-            )
-        })
+        let tz = h.zone.tz();
+        Granularity::ALL.map(|g| ((h.site, bucket_of(h.ts, g, tz)), h.visitor, h.is_pageview()))
     });
     let bots = inputs.bots.clone().flat_map(|b| {
-        let tz = parse_tz(&b.tz);
-        Granularity::ALL.map(|g| (b.site.clone(), bucket_of(b.ts, g, tz)))
+        let tz = b.zone.tz();
+        Granularity::ALL.map(|g| (b.site, bucket_of(b.ts, g, tz)))
     });
+    let counts = bucketed
+        .clone()
+        .map(|(k, _, pageview)| (k, (pageview as isize, 1isize)));
     concatenate(
         inputs.hits.scope(),
         [
-            count_rows(
-                bucketed.clone().filter(|(_, _, pv)| *pv).map(|(k, _, _)| k),
-                row("pageviews"),
-            ),
-            count_rows(bucketed.clone().map(|(k, _, _)| k), row("events")),
+            sums_rows(counts, |k, (pageviews, events)| {
+                [
+                    (row("pageviews")(k), pageviews as i64),
+                    (row("events")(k), events as i64),
+                ]
+            }),
             count_distinct_rows(bucketed.map(|(k, v, _)| (k, v)), row("visitors")),
             count_rows(bots, row("bot_events")),
         ],
@@ -55,7 +54,10 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
 mod tests {
     use std::collections::BTreeMap;
 
+    use clickflow_operators::time::parse_tz;
+
     use super::*;
+    use crate::metric::MetricKey;
     use crate::testing::{oracle_property, Oracle, Put};
 
     /// The oracle: plain Rust over the surviving events.

@@ -9,13 +9,14 @@
 //! error), and exact-in-practice below a few hundred visitors (linear counting). Measured
 //! figures are in the README.
 
-use clickflow_operators::time::{bucket_of, parse_tz, Bucket};
+use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::VecCollection;
 
-use crate::metric::{MetricKey, MetricRow, VISIT_GRANULARITIES};
+use crate::metric::{Row, RowKey, VISIT_GRANULARITIES};
 use crate::pipeline::Inputs;
 use crate::registry::Family;
 use crate::settings::Settings;
+use crate::symbol::Sym;
 
 pub const FAMILY: Family = Family {
     name: "uniques",
@@ -58,14 +59,14 @@ pub fn estimate(registers: impl IntoIterator<Item = (u16, u8)>) -> f64 {
     }
 }
 
-fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, MetricRow> {
+fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, Row> {
     inputs
         .hits
         .clone()
         .flat_map(|h| {
-            let tz = parse_tz(&h.tz);
+            let tz = h.zone.tz();
             let (index, rank) = register_of(h.visitor);
-            VISIT_GRANULARITIES.map(|g| ((h.site.clone(), bucket_of(h.ts, g, tz), index), rank))
+            VISIT_GRANULARITIES.map(|g| ((h.site, bucket_of(h.ts, g, tz), index), rank))
         })
         .reduce_named("HllRegisters", |_key, ranks, out| {
             // ranks arrive sorted: the last present one is the maximum
@@ -73,15 +74,13 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
                 out.push((**rank, 1));
             }
         })
-        .map(
-            |((site, bucket, index), rank): ((String, Bucket, u16), u8)| {
-                (
-                    MetricKey::new(&site, bucket, FAMILY.name, "hll")
-                        .by("register", &index.to_string()),
-                    rank as i64,
-                )
-            },
-        )
+        .map(|((site, bucket, index), rank): ((Sym, Bucket, u16), u8)| {
+            (
+                RowKey::new(site, bucket, FAMILY.name, "hll")
+                    .by("register", Sym::int(index as u32)),
+                rank as i64,
+            )
+        })
 }
 
 #[cfg(test)]
@@ -90,7 +89,10 @@ mod tests {
 
     use rand::{Rng, SeedableRng};
 
+    use clickflow_operators::time::parse_tz;
+
     use super::*;
+    use crate::metric::MetricKey;
     use crate::testing::{oracle_property, Oracle, Put};
 
     fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {

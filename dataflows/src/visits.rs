@@ -5,20 +5,22 @@
 //! lives inside one day bucket, so its state expires with that day and a sealed day can never
 //! be changed by the next one.
 
-use clickflow_operators::time::{bucket_of, parse_tz, Granularity};
+use std::sync::Arc;
+
+use clickflow_operators::time::{bucket_of, Granularity};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
-use crate::enrich::{Hit, Source};
-use crate::event::Client;
+use crate::hit::{Client, Hit, Source};
 use crate::settings::Settings;
+use crate::symbol::{Sym, Zone};
 
 /// One visit, rebuilt whenever one of its events changes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Visit {
-    pub site: String,
+    pub site: Sym,
     pub visitor: u64,
-    pub tz: String,
+    pub zone: Zone,
     /// Event time of the first and the last event.
     pub start: i64,
     pub end: i64,
@@ -27,15 +29,15 @@ pub struct Visit {
     pub pageviews: i64,
     /// Custom events (anything but a pageview): a visit with one makes no bounce.
     pub interactions: i64,
-    /// Path of the first and last pageview; empty for visits without pageviews.
-    pub entry_page: String,
-    pub exit_page: String,
+    /// Path of the first and last pageview; [`Sym::NONE`] for visits without pageviews.
+    pub entry_page: Sym,
+    pub exit_page: Sym,
     /// Attribution comes from the first pageview (the first event if there is none).
     pub source: Source,
     pub client: Client,
-    pub country: String,
+    pub country: Sym,
     /// `(pageview time, path, ms until the next pageview)` for every pageview but the last.
-    pub page_times: Vec<(i64, String, i64)>,
+    pub page_times: Vec<(i64, Sym, i64)>,
 }
 
 impl Visit {
@@ -48,88 +50,63 @@ impl Visit {
     }
 }
 
-/// What sessionization needs of a hit, ordered by time (then id, so ties are deterministic).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-struct Step {
-    ts: i64,
-    event_id: String,
-    pageview: bool,
-    pathname: String,
-    tz: String,
-    source: Source,
-    client: Client,
-    country: String,
-}
-
 /// Groups `hits` into visits per (site, visitor, day in the site's zone).
+///
+/// The sessionizer's state is one `(time, id, shared hit)` per event of an open day: the hit
+/// itself is the one every family already shares, so a late event re-cuts a visitor's day
+/// from integers and pointers.
 pub fn visits<'s>(
-    hits: VecCollection<'s, u64, std::sync::Arc<Hit>>,
+    hits: VecCollection<'s, u64, Arc<Hit>>,
     settings: &Settings,
 ) -> VecCollection<'s, u64, Visit> {
     let timeout = settings.visit_timeout_ms;
     hits.map(|h| {
-        let day = bucket_of(h.ts, Granularity::Day, parse_tz(&h.tz));
-        (
-            (h.site.clone(), h.visitor, day.end),
-            Step {
-                ts: h.ts,
-                event_id: h.event_id.clone(),
-                pageview: h.is_pageview(),
-                pathname: h.pathname.clone(),
-                tz: h.tz.clone(),
-                source: h.source.clone(),
-                client: h.client.clone(),
-                country: h.country.clone(),
-            },
-        )
+        let day = bucket_of(h.ts, Granularity::Day, h.zone.tz());
+        ((h.site, h.visitor, day.end), (h.ts, h.id, h))
     })
     .reduce_named("Sessionize", move |(site, visitor, day_end), steps, out| {
-        let mut run: Vec<&Step> = Vec::new();
-        for (step, count) in steps {
+        let mut run: Vec<&Hit> = Vec::new();
+        let mut last_ts = i64::MIN;
+        for ((ts, _, hit), count) in steps {
             // Deduplicated upstream: each step is present once.
             if *count <= 0 {
                 continue;
             }
-            if run.last().is_some_and(|last| step.ts - last.ts > timeout) {
-                out.push((close(site, *visitor, *day_end, &run), 1));
+            if !run.is_empty() && ts - last_ts > timeout {
+                out.push((close(*site, *visitor, *day_end, &run), 1));
                 run.clear();
             }
-            run.push(step);
+            run.push(hit);
+            last_ts = *ts;
         }
         if !run.is_empty() {
-            out.push((close(site, *visitor, *day_end, &run), 1));
+            out.push((close(*site, *visitor, *day_end, &run), 1));
         }
     })
     .map(|(_, visit)| visit)
 }
 
-fn close(site: &str, visitor: u64, day_end: i64, steps: &[&Step]) -> Visit {
-    let pageviews: Vec<&&Step> = steps.iter().filter(|s| s.pageview).collect();
-    let first = pageviews.first().copied().unwrap_or(&steps[0]);
+fn close(site: Sym, visitor: u64, day_end: i64, steps: &[&Hit]) -> Visit {
+    let pageviews: Vec<&Hit> = steps.iter().copied().filter(|s| s.is_pageview()).collect();
+    let first = pageviews.first().copied().unwrap_or(steps[0]);
     let page_times = pageviews
         .windows(2)
-        .map(|w| (w[0].ts, w[0].pathname.clone(), w[1].ts - w[0].ts))
+        .map(|w| (w[0].ts, w[0].page, w[1].ts - w[0].ts))
         .collect();
     Visit {
-        site: site.to_owned(),
+        site,
         visitor,
-        tz: first.tz.clone(),
+        zone: first.zone,
         start: steps[0].ts,
         end: steps[steps.len() - 1].ts,
         day_end,
         pageviews: pageviews.len() as i64,
         interactions: (steps.len() - pageviews.len()) as i64,
-        entry_page: pageviews
-            .first()
-            .map(|s| s.pathname.clone())
-            .unwrap_or_default(),
-        exit_page: pageviews
-            .last()
-            .map(|s| s.pathname.clone())
-            .unwrap_or_default(),
-        source: first.source.clone(),
-        client: first.client.clone(),
-        country: first.country.clone(),
+        entry_page: pageviews.first().map_or(Sym::NONE, |s| s.page),
+        exit_page: pageviews.last().map_or(Sym::NONE, |s| s.page),
+        source: first.source,
+        client: first.client,
+        country: first.country,
         page_times,
     }
 }

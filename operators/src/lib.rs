@@ -3,8 +3,10 @@
 //! - [`source::log_source`]: reads a partitioned log into a collection at ingest time.
 //! - [`time::bucket_of`]: event-time buckets (minute, hour, day in a time zone).
 //! - [`expiry::Expire`]: retracts records when their window seals, bounding state.
+//! - [`dedupe::FirstOfKey`]: the first record of each key, remembering keys, not records.
 //! - [`sink::transactional_sink`]: absolute-value upserts plus offsets in one transaction.
 
+pub mod dedupe;
 pub mod expiry;
 pub mod sink;
 pub mod source;

@@ -72,15 +72,61 @@ pub fn bucket_of(ts: Millis, granularity: Granularity, tz: Tz) -> Bucket {
     match granularity {
         Granularity::Minute => fixed(ts, 60_000, granularity),
         Granularity::Hour => fixed(ts, 3_600_000, granularity),
-        Granularity::Day => {
-            let start = local_midnight_at_or_before(ts, tz);
-            let end = local_midnight_at_or_before(start + 26 * 3_600_000, tz);
-            Bucket {
-                granularity,
-                start,
-                end,
-            }
+        Granularity::Day => day_of(ts, tz),
+    }
+}
+
+/// Since 1980 every zone's offset is a whole number of quarter hours (earlier, local mean
+/// times such as Monrovia's −0:44:30 were not), so all instants of one UTC quarter hour share
+/// their local day: the day is computed once per (zone, quarter hour).
+const QUARTER_HOUR_OFFSETS_SINCE: Millis = 315_532_800_000;
+const QUARTER_MS: Millis = 900_000;
+const DAY_CACHE_SLOTS: usize = 4096;
+
+thread_local! {
+    /// Direct-mapped: (zone, quarter hour) → day bucket. Most events are recent, so a few
+    /// thousand slots hold every day in use; a miss only costs the computation.
+    static DAY_CACHE: std::cell::RefCell<Vec<(u16, Millis, Bucket)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn day_of(ts: Millis, tz: Tz) -> Bucket {
+    if ts < QUARTER_HOUR_OFFSETS_SINCE {
+        return computed_day(ts, tz);
+    }
+    let quarter = ts.div_euclid(QUARTER_MS);
+    let zone = tz as u16;
+    let slot = (quarter as usize)
+        .wrapping_mul(31)
+        .wrapping_add(zone as usize)
+        % DAY_CACHE_SLOTS;
+    DAY_CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.is_empty() {
+            let empty = Bucket {
+                granularity: Granularity::Day,
+                start: 0,
+                end: 0,
+            };
+            cache.resize(DAY_CACHE_SLOTS, (u16::MAX, Millis::MIN, empty));
         }
+        let (z, q, bucket) = cache[slot];
+        if z == zone && q == quarter {
+            return bucket;
+        }
+        let bucket = computed_day(ts, tz);
+        cache[slot] = (zone, quarter, bucket);
+        bucket
+    })
+}
+
+fn computed_day(ts: Millis, tz: Tz) -> Bucket {
+    let start = local_midnight_at_or_before(ts, tz);
+    let end = local_midnight_at_or_before(start + 26 * 3_600_000, tz);
+    Bucket {
+        granularity: Granularity::Day,
+        start,
+        end,
     }
 }
 
@@ -151,6 +197,28 @@ mod tests {
         assert_eq!(b.end - b.start, 23 * 3_600_000);
         let b = bucket_of(autumn, Granularity::Day, tz);
         assert_eq!(b.end - b.start, 25 * 3_600_000);
+    }
+
+    #[test]
+    fn cached_days_equal_computed_days() {
+        for name in [
+            "Asia/Kolkata",
+            "Europe/Berlin",
+            "America/St_Johns",
+            "Asia/Kathmandu",
+        ] {
+            let tz: Tz = name.parse().unwrap();
+            // Every 7 minutes over ten days across a DST change, twice: computed, then cached.
+            for _ in 0..2 {
+                for i in 0..(10 * 24 * 60 / 7) {
+                    let ts = 1_774_396_800_000 + i * 7 * 60_000;
+                    let start = local_midnight_at_or_before(ts, tz);
+                    let end = local_midnight_at_or_before(start + 26 * 3_600_000, tz);
+                    let b = bucket_of(ts, Granularity::Day, tz);
+                    assert_eq!((b.start, b.end), (start, end), "{name} {ts}");
+                }
+            }
+        }
     }
 
     #[test]

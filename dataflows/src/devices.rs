@@ -1,0 +1,82 @@
+use clickflow_operators::time::{bucket_of, Bucket};
+use differential_dataflow::VecCollection;
+
+use crate::aggregate::count_rows;
+use crate::metric::{Row, RowKey, VISIT_GRANULARITIES};
+use crate::pipeline::Inputs;
+use crate::registry::Family;
+use crate::settings::Settings;
+use crate::symbol::Sym;
+
+pub const FAMILY: Family = Family {
+    name: "devices",
+    metrics: &["device_pageviews"],
+    dimensions: &["device"],
+    build,
+};
+
+fn build<'s>(inputs: &Inputs<'s>, _: &Settings) -> VecCollection<'s, u64, Row> {
+    let keyed = inputs
+        .hits
+        .clone()
+        .filter(|h| h.is_pageview())
+        .flat_map(|h| {
+            let tz = h.zone.tz();
+            VISIT_GRANULARITIES.map(|g| (h.site, bucket_of(h.ts, g, tz), h.client.device))
+        });
+    count_rows(keyed, |(site, bucket, device): (Sym, Bucket, Sym)| {
+        RowKey::new(site, bucket, FAMILY.name, "device_pageviews").by("device", device)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clickflow_operators::time::parse_tz;
+
+    use super::*;
+    use crate::metric::MetricKey;
+    use crate::testing::{check_every_epoch, random_stream, Oracle, Put};
+
+    // Plain Rust over the surviving events, in text: what the numbers must be.
+    fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
+        let mut put = Put::default();
+        for h in o.hits.iter().filter(|h| h.is_pageview()) {
+            for g in VISIT_GRANULARITIES {
+                let b = bucket_of(h.ts, g, parse_tz(&h.tz));
+                let key = MetricKey::new(&h.site, b, "devices", "device_pageviews");
+                put.add(key.by("device", &h.client.device), 1);
+            }
+        }
+        put.rows()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn devices_equal_oracle_at_every_epoch(seed in proptest::prelude::any::<u64>(), n in 50usize..300) {
+            check_every_epoch(&random_stream(seed, n), "devices", oracle);
+        }
+    }
+
+    #[test]
+    fn the_readme_shows_this_file() {
+        let readme = include_str!("../../README.md");
+        let fence = "`".repeat(3);
+        let shown = readme
+            .split(&format!("{fence}rust\n"))
+            .find(|block| block.starts_with("use clickflow_operators::time::{bucket_of, Bucket};"))
+            .map(|block| {
+                block
+                    .split_once(&format!("}}\n{fence}\n\n"))
+                    .map_or(block, |b| b.0)
+            })
+            .expect("the README's worked example");
+        let file = include_str!("devices.rs");
+        assert_eq!(
+            format!("{shown}}}\n"),
+            file,
+            "README and dataflows/src/devices.rs differ"
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! Deduplication that remembers keys, not records: the first record of each key passes, later
+//! ones are dropped, and the key is forgotten at a time the caller chooses.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::Hash;
+
+use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+
+/// Keeps the first record of every key of an append-only collection (a log).
+pub trait FirstOfKey<'scope, D> {
+    /// Passes the first record of each `key` (the earliest time; within one time, the least
+    /// record) and drops the rest until the input frontier reaches `forget_at(record)` of the
+    /// first, after which the key may pass again. Only the key and its forget time are held,
+    /// so state follows distinct keys, not records.
+    ///
+    /// The input must be append-only (no retractions): the survivor is never taken back here.
+    /// Retract it downstream (with [`crate::expiry::Expire`]) when it should expire.
+    ///
+    /// ```
+    /// use clickflow_operators::dedupe::FirstOfKey;
+    /// use differential_dataflow::input::Input;
+    ///
+    /// timely::example(|scope| {
+    ///     // (id, payload): two copies of id 1, the second one later.
+    ///     let (mut input, records) = scope.new_collection::<(u32, char), isize>();
+    ///     records
+    ///         .first_of_key(|(id, _)| *id, |_| u64::MAX)
+    ///         .inspect(|x| assert!(x.0 != (1, 'b')));
+    ///     input.insert((1, 'a'));
+    ///     input.insert((2, 'c'));
+    ///     input.advance_to(1);
+    ///     input.insert((1, 'b'));
+    /// });
+    /// ```
+    fn first_of_key<K, FK, FF>(
+        self,
+        key: FK,
+        forget_at: FF,
+    ) -> VecCollection<'scope, u64, D, isize>
+    where
+        K: Hash + Eq + Clone + Hashable<Output = u64> + 'static,
+        FK: Fn(&D) -> K + 'static,
+        FF: Fn(&D) -> u64 + 'static;
+}
+
+impl<'scope, D> FirstOfKey<'scope, D> for VecCollection<'scope, u64, D, isize>
+where
+    D: timely::ExchangeData + Ord,
+{
+    fn first_of_key<K, FK, FF>(self, key: FK, forget_at: FF) -> VecCollection<'scope, u64, D, isize>
+    where
+        K: Hash + Eq + Clone + Hashable<Output = u64> + 'static,
+        FK: Fn(&D) -> K + 'static,
+        FF: Fn(&D) -> u64 + 'static,
+    {
+        let key = std::rc::Rc::new(key);
+        let route = key.clone();
+        let exchange = Exchange::new(move |(d, _, _): &(D, u64, isize)| route(d).hashed());
+        self.inner
+            .unary_frontier(exchange, "FirstOfKey", move |_cap, _info| {
+                // Records wait here until their time is complete, so copies are judged in time
+                // order whatever order the exchange delivers them in.
+                let mut waiting: BTreeMap<u64, (Capability<u64>, Vec<D>)> = BTreeMap::new();
+                let mut seen: HashSet<K> = HashSet::new();
+                let mut forget: BTreeMap<u64, Vec<K>> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        for (record, time, diff) in data.drain(..) {
+                            debug_assert!(diff > 0, "first_of_key needs an append-only input");
+                            if diff <= 0 {
+                                continue;
+                            }
+                            let slot = waiting
+                                .entry(time)
+                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()));
+                            slot.1.push(record);
+                        }
+                    });
+                    while let Some(entry) = waiting.first_entry() {
+                        let time = *entry.key();
+                        if frontier.less_equal(&time) {
+                            break;
+                        }
+                        let (cap, mut records) = entry.remove();
+                        // Keys due to be forgotten by now go first: a copy arriving at or after
+                        // its first's forget time passes again.
+                        while let Some(due) = forget.first_entry() {
+                            if *due.key() > time {
+                                break;
+                            }
+                            for k in due.remove() {
+                                seen.remove(&k);
+                            }
+                        }
+                        records.sort();
+                        let mut session = output.session(&cap);
+                        for record in records {
+                            let k = key(&record);
+                            if seen.contains(&k) {
+                                continue;
+                            }
+                            seen.insert(k.clone());
+                            forget
+                                .entry(forget_at(&record).max(time + 1))
+                                .or_default()
+                                .push(k);
+                            session.give((record, time, 1));
+                        }
+                    }
+                    // Idle stretches free memory too.
+                    let now = frontier.frontier().iter().min().copied();
+                    while let Some(due) = forget.first_entry() {
+                        if now.is_some_and(|t| *due.key() > t) {
+                            break;
+                        }
+                        for k in due.remove() {
+                            seen.remove(&k);
+                        }
+                    }
+                }
+            })
+            .as_collection()
+    }
+}
