@@ -2,15 +2,20 @@
 //! pipeline (every family), ingest time advancing with the simulated clock, so state should
 //! plateau once the first days seal and expire.
 //!
-//!     cargo bench --bench soak -- [days] [events per day]
+//!     cargo bench --bench soak -- [days] [events per day] [events per epoch]
 //!
-//! Prints, at the end of each simulated day, the resident set (VmRSS), the peak so far
-//! (VmHWM) and the day's throughput. Flat RSS from day 3 on is the target.
+//! Prints, at the end of each simulated day, the day's throughput, the latency from closing
+//! an epoch to its rows being ready (p50, p99), the resident set (VmRSS), the peak so far
+//! (VmHWM), the events and visitor-days still open (their day not sealed) and RSS per open
+//! event. Flat RSS and latency from day 3 on is the target.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
+
+use clickflow_operators::time::{bucket_of, parse_tz, Granularity};
 
 use clickflow_dataflows::event::{Client, Revenue};
 use clickflow_dataflows::{pipeline, Event, Record, Settings};
@@ -79,6 +84,13 @@ fn event(rng: &mut StdRng, i: u64, now: i64) -> Record {
     })
 }
 
+fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
+}
+
 fn main() {
     let args: Vec<u64> = std::env::args()
         .skip(1)
@@ -86,12 +98,15 @@ fn main() {
         .collect();
     let days = args.first().copied().unwrap_or(5);
     let per_day = args.get(1).copied().unwrap_or(200_000);
-    println!("soak: {days} simulated days × {per_day} events/day, all families, 1 worker");
-    println!("  day  events/s  VmRSS MiB  VmHWM MiB");
+    let epoch_events = args.get(2).copied().unwrap_or(500).max(1);
+    println!(
+        "soak: {days} simulated days × {per_day} events/day, {epoch_events}-event epochs, all families, 1 worker"
+    );
+    println!("  day  events/s  epoch p50 ms  p99 ms  VmRSS MiB  VmHWM MiB  open events  open visitor-days  RSS B/open event");
     timely::execute_directly(move |worker| {
+        let settings = Settings::default();
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_collection::<Record, isize>();
-            let settings = Settings::default();
             // SOAK_FAMILIES=traffic,sessions limits the run to those families (diagnosis).
             let only = std::env::var("SOAK_FAMILIES").ok();
             let rows = pipeline::metrics_of(records, &settings, |f| {
@@ -105,29 +120,58 @@ fn main() {
         let start_ms = 1_795_392_000_000i64; // a UTC midnight
         let step = 86_400_000 / per_day as i64;
         let mut i = 0u64;
+        // What the engine must hold: events (and visitor-days) whose day has not sealed.
+        let mut open_events: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut open_visitor_days: BTreeMap<u64, HashSet<(String, u64, i64)>> = BTreeMap::new();
         for day in 0..days {
             let began = Instant::now();
+            let mut latencies = Vec::new();
             for k in 0..per_day {
                 let now = start_ms + (day * per_day + k) as i64 * step;
-                input.insert(event(&mut rng, i, now));
+                let record = event(&mut rng, i, now);
+                if let Record::Event(e) = &record {
+                    let tz = parse_tz(&e.tz);
+                    let seal = pipeline::day_seal_time(e.ts, tz, &settings);
+                    *open_events.entry(seal).or_default() += 1;
+                    let day_end = bucket_of(e.ts, Granularity::Day, tz).end;
+                    open_visitor_days.entry(seal).or_default().insert((
+                        e.site.clone(),
+                        e.visitor,
+                        day_end,
+                    ));
+                }
+                input.insert(record);
                 i += 1;
-                // an epoch per second of simulated time (batches, never single events)
                 let t = (now as u64).div_ceil(1_000) * 1_000;
-                if t > *input.time() && k % 500 == 0 {
+                if t > *input.time() && k % epoch_events == 0 {
                     input.advance_to(t);
                     input.flush();
+                    let closed = Instant::now();
                     while probe.less_than(input.time()) {
                         worker.step();
                     }
+                    latencies.push(closed.elapsed());
                 }
             }
             let rate = per_day as f64 / began.elapsed().as_secs_f64();
+            let now = (start_ms + ((day + 1) * per_day) as i64 * step) as u64;
+            open_events = open_events.split_off(&now);
+            open_visitor_days = open_visitor_days.split_off(&now);
+            let open: u64 = open_events.values().sum();
+            let visitor_days: usize = open_visitor_days.values().map(HashSet::len).sum();
+            latencies.sort();
+            let rss = status_kib("VmRSS:");
             println!(
-                "  {:>3}  {:>8.0}  {:>9.1}  {:>9.1}",
+                "  {:>3}  {:>8.0}  {:>12.1}  {:>6.1}  {:>9.1}  {:>9.1}  {:>11}  {:>17}  {:>16.0}",
                 day + 1,
                 rate,
-                status_kib("VmRSS:") as f64 / 1024.0,
-                status_kib("VmHWM:") as f64 / 1024.0
+                percentile_ms(&latencies, 0.5),
+                percentile_ms(&latencies, 0.99),
+                rss as f64 / 1024.0,
+                status_kib("VmHWM:") as f64 / 1024.0,
+                open,
+                visitor_days,
+                (rss * 1024) as f64 / open.max(1) as f64,
             );
         }
     });

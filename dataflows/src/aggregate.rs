@@ -7,6 +7,7 @@
 use std::hash::Hash;
 use std::sync::Arc;
 
+use clickflow_operators::max::MaxTotal;
 use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::difference::{Multiply, Semigroup};
@@ -125,12 +126,7 @@ where
             let (index, rank) = register_of(visitor);
             ((k, index), rank)
         })
-        .reduce_named("SketchRegisters", |_key, ranks, out| {
-            // ranks arrive sorted: the last present one is the maximum
-            if let Some((rank, _)) = ranks.iter().rev().find(|(_, n)| *n > 0) {
-                out.push((**rank, 1));
-            }
-        })
+        .max_total()
         .map(move |((k, index), rank): ((K, u16), u8)| (sketch_key(row(k), index), rank as i64))
 }
 

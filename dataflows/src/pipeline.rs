@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono_tz::Tz;
 use clickflow_operators::dedupe::FirstOfKey;
 use clickflow_operators::expiry::Expire;
+use clickflow_operators::forget::ExpireOrForget;
 use clickflow_operators::time::{bucket_of, seal_time, Granularity};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::{AsCollection, VecCollection};
@@ -106,10 +107,16 @@ pub fn prepare<'s>(
         Item::Word(sym, text) => Some((sym, text)),
         _ => None,
     });
+    // Erasures are kept forever: a visitor stays erased whatever arrives later.
+    let erased = items.clone().flat_map(|i| match i {
+        Item::Erase(site, visitor) => Some((site, visitor)),
+        _ => None,
+    });
     let (forget, seal) = (settings.clone(), settings.clone());
-    // Dedupe holds ids only; the survivor carries its own retraction at its day's seal
-    // (refunds: the margin later, so a refund outlives a purchase of the next day).
-    let all = items
+    // Dedupe holds ids only; the survivor is held once more, for its retraction at its day's
+    // seal (refunds: the margin later, so a refund outlives a purchase of the next day) or at
+    // its visitor's erasure, whichever comes first.
+    let kept = items
         .clone()
         .flat_map(|i| match i {
             Item::Hit(h) => Some(h),
@@ -119,13 +126,16 @@ pub fn prepare<'s>(
             |h| (h.site, h.id),
             move |h| day_seal_time(h.ts, h.zone.tz(), &forget) + DEDUPE_MARGIN_MS,
         )
-        .expire_at(move |h| {
-            let margin = if h.is_refund() { DEDUPE_MARGIN_MS } else { 0 };
-            day_seal_time(h.ts, h.zone.tz(), &seal) + margin
-        });
+        .expire_or_forget(
+            erased,
+            |h| (h.site, h.visitor),
+            move |h| {
+                let margin = if h.is_refund() { DEDUPE_MARGIN_MS } else { 0 };
+                day_seal_time(h.ts, h.zone.tz(), &seal) + margin
+            },
+        );
     let (forget, seal) = (settings.clone(), settings.clone());
     let bots = items
-        .clone()
         .flat_map(|i| match i {
             Item::Bot(b) => Some(b),
             _ => None,
@@ -135,17 +145,6 @@ pub fn prepare<'s>(
             move |b| day_seal_time(b.ts, b.zone.tz(), &forget) + DEDUPE_MARGIN_MS,
         )
         .expire_at(move |b| day_seal_time(b.ts, b.zone.tz(), &seal));
-    // Erasures are kept forever: a visitor stays erased whatever arrives later.
-    let erased = items
-        .flat_map(|i| match i {
-            Item::Erase(site, visitor) => Some((site, visitor)),
-            _ => None,
-        })
-        .distinct();
-    let kept = all
-        .map(|h| ((h.site, h.visitor), h))
-        .antijoin(erased)
-        .map(|(_, h)| h);
     let refunds = kept.clone().filter(|h| h.is_refund());
     let hits = kept.filter(|h| !h.is_refund());
     let inputs = Inputs {

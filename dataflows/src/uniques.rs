@@ -9,6 +9,7 @@
 //! error), and exact-in-practice below a few hundred visitors (linear counting). Measured
 //! figures are in the README.
 
+use clickflow_operators::max::MaxTotal;
 use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::VecCollection;
 
@@ -68,12 +69,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
             let (index, rank) = register_of(h.visitor);
             VISIT_GRANULARITIES.map(|g| ((h.site, bucket_of(h.ts, g, tz), index), rank))
         })
-        .reduce_named("HllRegisters", |_key, ranks, out| {
-            // ranks arrive sorted: the last present one is the maximum
-            if let Some((rank, _)) = ranks.iter().rev().find(|(_, n)| *n > 0) {
-                out.push((**rank, 1));
-            }
-        })
+        .max_total()
         .map(|((site, bucket, index), rank): ((Sym, Bucket, u16), u8)| {
             (
                 RowKey::new(site, bucket, FAMILY.name, "hll")

@@ -1,7 +1,9 @@
 //! Deduplication that remembers keys, not records: the first record of each key passes, later
 //! ones are dropped, and the key is forgotten at a time the caller chooses.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::HashSet;
 use std::hash::Hash;
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
@@ -64,7 +66,7 @@ where
                 // Records wait here until their time is complete, so copies are judged in time
                 // order whatever order the exchange delivers them in.
                 let mut waiting: BTreeMap<u64, (Capability<u64>, Vec<D>)> = BTreeMap::new();
-                let mut seen: HashSet<K> = HashSet::new();
+                let mut seen: HashSet<K> = HashSet::default();
                 let mut forget: BTreeMap<u64, Vec<K>> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {

@@ -4,10 +4,14 @@
 //! - [`time::bucket_of`]: event-time buckets (minute, hour, day in a time zone).
 //! - [`expiry::Expire`]: retracts records when their window seals, bounding state.
 //! - [`dedupe::FirstOfKey`]: the first record of each key, remembering keys, not records.
+//! - [`forget::ExpireOrForget`]: expiry that also retracts a forgotten (erased) group.
+//! - [`max::MaxTotal`]: the largest present value per key (sketch registers), for `u64` time.
 //! - [`sink::transactional_sink`]: absolute-value upserts plus offsets in one transaction.
 
 pub mod dedupe;
 pub mod expiry;
+pub mod forget;
+pub mod max;
 pub mod sink;
 pub mod source;
 pub mod time;
