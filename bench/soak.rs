@@ -99,8 +99,9 @@ fn main() {
     let days = args.first().copied().unwrap_or(5);
     let per_day = args.get(1).copied().unwrap_or(200_000);
     let epoch_events = args.get(2).copied().unwrap_or(500).max(1);
+    let families = std::env::var("SOAK_FAMILIES").unwrap_or_else(|_| "all families".into());
     println!(
-        "soak: {days} simulated days × {per_day} events/day, {epoch_events}-event epochs, all families, 1 worker"
+        "soak: {days} simulated days × {per_day} events/day, {epoch_events}-event epochs, {families}, 1 worker"
     );
     println!("  day  events/s  epoch p50 ms  p99 ms  VmRSS MiB  VmHWM MiB  open events  open visitor-days  RSS B/open event");
     timely::execute_directly(move |worker| {
