@@ -26,7 +26,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::testing::OracleVisit as Visit;
     use crate::testing::{oracle_property, oracle_visit_breakdown, Oracle};
 
@@ -35,7 +35,7 @@ mod tests {
         vec![("country", v.country.clone())]
     }
 
-    fn oracle(o: &Oracle) -> std::collections::BTreeMap<crate::MetricKey, i64> {
+    pub(crate) fn oracle(o: &Oracle) -> std::collections::BTreeMap<crate::MetricKey, i64> {
         oracle_visit_breakdown(o, "geo", expected_dimensions, false)
     }
 

@@ -69,7 +69,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use clickflow_operators::time::parse_tz;
@@ -78,7 +78,7 @@ mod tests {
     use crate::metric::MetricKey;
     use crate::testing::{oracle_property, Oracle, Put};
 
-    fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
+    pub(crate) fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
         let mut put = Put::default();
         for h in o.hits.iter().filter(|h| !h.is_pageview()) {
             for g in VISIT_GRANULARITIES {

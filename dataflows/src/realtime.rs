@@ -44,14 +44,14 @@ fn build<'s>(inputs: &Inputs<'s>, settings: &Settings) -> VecCollection<'s, u64,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
     use crate::metric::MetricKey;
     use crate::testing::{oracle_property, Oracle, Put};
 
-    fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
+    pub(crate) fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
         let mut current: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
         if let Some(now) = o.now {
             for h in &o.hits {

@@ -59,7 +59,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::{BTreeMap, HashSet};
 
     use clickflow_operators::time::parse_tz;
@@ -68,7 +68,7 @@ mod tests {
     use crate::metric::MetricKey;
     use crate::testing::{oracle_property, Oracle, Put};
 
-    fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
+    pub(crate) fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
         let refunded: HashSet<(String, String)> = o
             .refunds
             .iter()

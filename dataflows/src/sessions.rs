@@ -56,7 +56,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use clickflow_operators::time::parse_tz;
@@ -65,7 +65,7 @@ mod tests {
     use crate::metric::MetricKey;
     use crate::testing::{oracle_property, oracle_visits, Oracle, Put};
 
-    fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
+    pub(crate) fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
         let mut put = Put::default();
         for v in oracle_visits(&o.hits, o.settings.visit_timeout_ms) {
             for g in VISIT_GRANULARITIES {

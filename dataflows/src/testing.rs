@@ -444,24 +444,32 @@ pub fn check_every_epoch(
     family: &str,
     oracle: fn(&Oracle) -> BTreeMap<MetricKey, i64>,
 ) {
-    let settings = test_settings();
-    let lateness = settings.seal_lateness_ms;
     let under_test: &'static Family = FAMILIES
         .iter()
         .chain(EXAMPLES)
         .find(|f| f.name == family)
         .unwrap_or_else(|| panic!("no family {family:?}"));
+    check_families_every_epoch(stream, vec![under_test], oracle);
+}
+
+/// As [`check_every_epoch`], for several families at once: the whole table the sink holds
+/// (every row of every family in `families`) must equal `oracle` after every epoch.
+pub fn check_families_every_epoch(
+    stream: &[(Record, u64)],
+    families: Vec<&'static Family>,
+    oracle: impl Fn(&Oracle) -> BTreeMap<MetricKey, i64>,
+) {
+    let settings = test_settings();
+    let lateness = settings.seal_lateness_ms;
+    let family = families
+        .iter()
+        .map(|f| f.name)
+        .collect::<Vec<_>>()
+        .join(",");
     let table: MemoryTable<MetricKey, i64> = MemoryTable::default();
     let rows = table.0.clone();
     let owned = stream.to_vec();
-    let family_name = family.to_owned();
-    let snapshot = move || -> BTreeMap<MetricKey, i64> {
-        let t = rows.lock().expect("table lock");
-        t.iter()
-            .filter(|(k, _)| k.family == family_name)
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
-    };
+    let snapshot = move || -> BTreeMap<MetricKey, i64> { rows.lock().expect("table lock").clone() };
     // Rows the sink sealed, with the value they had then (absent rows stay absent).
     let mut frozen: BTreeMap<MetricKey, i64> = BTreeMap::new();
     let mut previous_frontier = 0u64;
@@ -490,8 +498,7 @@ pub fn check_every_epoch(
     timely::execute_directly(move |worker| {
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_collection::<Record, isize>();
-            // Only the family under test: the others are independent of it.
-            let out = metrics_with(records, &settings, vec![under_test]);
+            let out = metrics_with(records, &settings, families);
             let progress = Vec::<(u32, u64)>::new()
                 .to_stream(scope)
                 .container::<Vec<_>>();
@@ -576,4 +583,63 @@ pub fn assert_same_rows(
         want.len(),
         diffs.iter().take(8).cloned().collect::<Vec<_>>().join("\n")
     );
+}
+
+#[cfg(test)]
+mod whole_table {
+    use super::*;
+
+    type FamilyOracle = fn(&Oracle) -> BTreeMap<MetricKey, i64>;
+
+    /// Every family's oracle, merged: the complete rollups table.
+    fn all_oracles(o: &Oracle) -> BTreeMap<MetricKey, i64> {
+        let oracles: [FamilyOracle; 10] = [
+            crate::traffic::tests::oracle,
+            crate::sessions::tests::oracle,
+            crate::pages::tests::oracle,
+            crate::sources::tests::oracle,
+            crate::tech::tests::oracle,
+            crate::geo::tests::oracle,
+            crate::goals::tests::oracle,
+            crate::revenue::tests::oracle,
+            crate::realtime::tests::oracle,
+            crate::uniques::tests::oracle,
+        ];
+        assert_eq!(
+            oracles.len(),
+            FAMILIES.len(),
+            "a family without its oracle here"
+        );
+        let mut all = BTreeMap::new();
+        for oracle in oracles {
+            for (k, v) in oracle(o) {
+                assert!(
+                    all.insert(k.clone(), v).is_none(),
+                    "two families claim {k:?}"
+                );
+            }
+        }
+        all
+    }
+
+    /// A fixed seeded stream (four sites in four zones, late, retried, re-stamped, erased,
+    /// refunded, bots) through every registered family at once: after every epoch the complete
+    /// table equals the merged oracles, so families neither miss rows nor write each other's.
+    #[test]
+    fn the_complete_table_equals_an_independent_computation() {
+        let stream = random_stream(20_261_125, 1_500);
+        let erasures = stream
+            .iter()
+            .filter(|(r, _)| matches!(r, Record::Erase(_)))
+            .count();
+        let refunds = stream
+            .iter()
+            .filter(|(r, _)| matches!(r, Record::Event(e) if e.refund_of.is_some()))
+            .count();
+        assert!(
+            erasures > 10 && refunds > 10,
+            "the stream has erasures and refunds"
+        );
+        check_families_every_epoch(&stream, FAMILIES.iter().collect(), all_oracles);
+    }
 }

@@ -51,7 +51,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use clickflow_operators::time::parse_tz;
@@ -61,7 +61,7 @@ mod tests {
     use crate::testing::{oracle_property, Oracle, Put};
 
     /// The oracle: plain Rust over the surviving events.
-    fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
+    pub(crate) fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
         let mut put = Put::default();
         for h in &o.hits {
             for g in Granularity::ALL {

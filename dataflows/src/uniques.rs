@@ -80,7 +80,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use rand::{Rng, SeedableRng};
@@ -91,7 +91,7 @@ mod tests {
     use crate::metric::MetricKey;
     use crate::testing::{oracle_property, Oracle, Put};
 
-    fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
+    pub(crate) fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
         let mut max: BTreeMap<MetricKey, i64> = BTreeMap::new();
         for h in &o.hits {
             for g in VISIT_GRANULARITIES {
