@@ -96,15 +96,15 @@ impl Hit {
             client: Client {
                 device: words.intern(&c.device),
                 browser: words.intern(&c.browser),
-                browser_version: words.intern(&format!("{} {}", c.browser, c.browser_version)),
+                browser_version: words.intern_parts(&[&c.browser, " ", &c.browser_version]),
                 os: words.intern(&c.os),
-                os_version: words.intern(&format!("{} {}", c.os, c.os_version)),
+                os_version: words.intern_parts(&[&c.os, " ", &c.os_version]),
             },
             country: words.intern(&t.country),
             props: t
                 .props
                 .iter()
-                .map(|(k, v)| (words.intern(&format!("prop:{k}")), words.intern(v)))
+                .map(|(k, v)| (words.intern_parts(&["prop:", k]), words.intern(v)))
                 .collect(),
             revenue: t
                 .revenue

@@ -1,19 +1,18 @@
 //! The stages every family shares: expiry of sealed state, erasure, deduplication by event
 //! id, enrichment and sessionization. Families read the result as [`Inputs`].
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono_tz::Tz;
 use clickflow_operators::dedupe::FirstOfKey;
 use clickflow_operators::expiry::Expire;
 use clickflow_operators::forget::ExpireOrForget;
+use clickflow_operators::stash::Stash;
 use clickflow_operators::time::{bucket_of, seal_time, Granularity};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 
 use crate::event::Record;
 use crate::hit::{Bot, Hit};
@@ -206,9 +205,6 @@ fn fixed_words(families: &[&'static Family]) -> Dictionary {
     Dictionary::with(fixed)
 }
 
-/// Updates held until their time completes, with the capability to send them at it.
-type Waiting<D> = BTreeMap<u64, (Capability<u64>, Vec<D>)>;
-
 /// Turns interned rows back into text on worker 0 (the sink's worker): a row waits until its
 /// time is complete on both inputs, by which time every word it uses has arrived.
 fn render<'s>(
@@ -224,7 +220,7 @@ fn render<'s>(
             "Render",
             |_cap, _info| {
                 let mut dictionary = fixed;
-                let mut waiting: Waiting<(Row, isize)> = BTreeMap::new();
+                let mut waiting: Stash<(Row, isize)> = Stash::default();
                 move |(rows_in, rows_frontier), (words_in, words_frontier), output| {
                     words_in.for_each(|_cap, data| {
                         for ((sym, text), _, _) in data.drain(..) {
@@ -233,19 +229,12 @@ fn render<'s>(
                     });
                     rows_in.for_each(|cap, data| {
                         for (row, time, diff) in data.drain(..) {
-                            waiting
-                                .entry(time)
-                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
-                                .1
-                                .push((row, diff));
+                            waiting.push(&cap, time, (row, diff));
                         }
                     });
-                    while let Some(entry) = waiting.first_entry() {
-                        let time = *entry.key();
-                        if rows_frontier.less_equal(&time) || words_frontier.less_equal(&time) {
-                            break;
-                        }
-                        let (cap, rows) = entry.remove();
+                    let complete =
+                        |t: u64| !rows_frontier.less_equal(&t) && !words_frontier.less_equal(&t);
+                    while let Some((time, cap, rows)) = waiting.pop_complete(complete) {
                         let mut session = output.session(&cap);
                         for ((key, value), diff) in rows {
                             let (text, known) = key.render(&dictionary);

@@ -64,6 +64,8 @@ pub fn fingerprint(text: &str) -> u64 {
 pub struct Interner {
     announced: HashSet<Sym>,
     fresh: Vec<(Sym, String)>,
+    /// Reused for texts built from parts, so interning them allocates nothing per event.
+    scratch: String,
 }
 
 impl Interner {
@@ -72,6 +74,16 @@ impl Interner {
         if self.announced.insert(sym) {
             self.fresh.push((sym, text.to_owned()));
         }
+        sym
+    }
+
+    /// The symbol of the concatenation of `parts` (`["Chrome", " ", "120"]`).
+    pub fn intern_parts(&mut self, parts: &[&str]) -> Sym {
+        let mut text = std::mem::take(&mut self.scratch);
+        text.clear();
+        parts.iter().for_each(|p| text.push_str(p));
+        let sym = self.intern(&text);
+        self.scratch = text;
         sym
     }
 
@@ -194,6 +206,7 @@ mod tests {
         let mut interner = Interner::default();
         let (a, b) = (interner.intern("signup"), interner.intern("plan"));
         assert_eq!(interner.intern("signup"), a);
+        assert_eq!(interner.intern_parts(&["sign", "up"]), a);
         let fresh = interner.take_fresh();
         assert_eq!(fresh.len(), 2, "each word is announced once");
         let mut dict = Dictionary::with(["goal"]);

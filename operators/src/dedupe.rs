@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use foldhash::HashSet;
+
+use crate::stash::Stash;
 use std::hash::Hash;
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 
 /// Keeps the first record of every key of an append-only collection (a log).
 pub trait FirstOfKey<'scope, D> {
@@ -65,46 +66,44 @@ where
             .unary_frontier(exchange, "FirstOfKey", move |_cap, _info| {
                 // Records wait here until their time is complete, so copies are judged in time
                 // order whatever order the exchange delivers them in.
-                let mut waiting: BTreeMap<u64, (Capability<u64>, Vec<D>)> = BTreeMap::new();
+                let mut waiting: Stash<D> = Stash::default();
                 let mut seen: HashSet<K> = HashSet::default();
                 let mut forget: BTreeMap<u64, Vec<K>> = BTreeMap::new();
+                // Forgets every key due at or before `upto` (all of them at `None`).
+                let forget_through = |forget: &mut BTreeMap<u64, Vec<K>>,
+                                      seen: &mut HashSet<K>,
+                                      upto: Option<u64>| {
+                    while let Some(due) = forget.first_entry() {
+                        if upto.is_some_and(|t| *due.key() > t) {
+                            break;
+                        }
+                        for k in due.remove() {
+                            seen.remove(&k);
+                        }
+                    }
+                };
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         for (record, time, diff) in data.drain(..) {
                             debug_assert!(diff > 0, "first_of_key needs an append-only input");
-                            if diff <= 0 {
-                                continue;
+                            if diff > 0 {
+                                waiting.push(&cap, time, record);
                             }
-                            let slot = waiting
-                                .entry(time)
-                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()));
-                            slot.1.push(record);
                         }
                     });
-                    while let Some(entry) = waiting.first_entry() {
-                        let time = *entry.key();
-                        if frontier.less_equal(&time) {
-                            break;
-                        }
-                        let (cap, mut records) = entry.remove();
+                    while let Some((time, cap, mut records)) =
+                        waiting.pop_complete(|t| !frontier.less_equal(&t))
+                    {
                         // Keys due to be forgotten by now go first: a copy arriving at or after
                         // its first's forget time passes again.
-                        while let Some(due) = forget.first_entry() {
-                            if *due.key() > time {
-                                break;
-                            }
-                            for k in due.remove() {
-                                seen.remove(&k);
-                            }
-                        }
+                        forget_through(&mut forget, &mut seen, Some(time));
                         records.sort();
                         let mut session = output.session(&cap);
                         for record in records {
                             let k = key(&record);
-                            if seen.contains(&k) {
+                            if !seen.insert(k.clone()) {
                                 continue;
                             }
-                            seen.insert(k.clone());
                             forget
                                 .entry(forget_at(&record).max(time + 1))
                                 .or_default()
@@ -114,14 +113,7 @@ where
                     }
                     // Idle stretches free memory too.
                     let now = frontier.frontier().iter().min().copied();
-                    while let Some(due) = forget.first_entry() {
-                        if now.is_some_and(|t| *due.key() > t) {
-                            break;
-                        }
-                        for k in due.remove() {
-                            seen.remove(&k);
-                        }
-                    }
+                    forget_through(&mut forget, &mut seen, now);
                 }
             })
             .as_collection()

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 
 use foldhash::HashSet;
+
+use crate::stash::Stash;
 use std::hash::Hash;
 
 use differential_dataflow::{AsCollection, VecCollection};
@@ -59,9 +61,6 @@ pub trait ExpireOrForget<'scope, D> {
         FS: Fn(&D) -> u64 + 'static;
 }
 
-/// Updates held until their time completes, with the capability to send at it.
-type Waiting<D> = BTreeMap<u64, (Capability<u64>, Vec<D>)>;
-
 impl<'scope, D> ExpireOrForget<'scope, D> for VecCollection<'scope, u64, D, isize>
 where
     D: timely::ExchangeData + Clone,
@@ -86,8 +85,8 @@ where
                 Pipeline,
                 "ExpireOrForget",
                 move |_cap, _info| {
-                    let mut records: Waiting<D> = BTreeMap::new();
-                    let mut erasing: Waiting<G> = BTreeMap::new();
+                    let mut records: Stash<D> = Stash::default();
+                    let mut erasing: Stash<G> = Stash::default();
                     let mut gone: HashSet<G> = HashSet::default();
                     // Live records by the time they are retracted.
                     let mut pending: BTreeMap<u64, Vec<D>> = BTreeMap::new();
@@ -98,22 +97,14 @@ where
                             for (record, time, diff) in data.drain(..) {
                                 debug_assert!(diff > 0, "expire_or_forget takes appends only");
                                 if diff > 0 {
-                                    records
-                                        .entry(time)
-                                        .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
-                                        .1
-                                        .push(record);
+                                    records.push(&cap, time, record);
                                 }
                             }
                         });
                         erase_input.for_each(|cap, data| {
                             for (g, time, diff) in data.drain(..) {
                                 if diff > 0 {
-                                    erasing
-                                        .entry(time)
-                                        .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
-                                        .1
-                                        .push(g);
+                                    erasing.push(&cap, time, g);
                                 }
                             }
                         });
@@ -122,8 +113,8 @@ where
                         // Times in order; at each time erasures go first, then expiries due,
                         // then new records (a record sealed at its own time never passes).
                         loop {
-                            let next_erase = erasing.keys().next().copied();
-                            let next_record = records.keys().next().copied();
+                            let next_erase = erasing.next_time();
+                            let next_record = records.next_time();
                             let next_seal = pending.keys().next().copied();
                             let Some(t) = [next_erase, next_record, next_seal]
                                 .into_iter()
@@ -136,7 +127,7 @@ where
                                 break;
                             }
                             if next_erase == Some(t) {
-                                if let Some((cap, groups)) = erasing.remove(&t) {
+                                if let Some((cap, groups)) = erasing.take(t) {
                                     let fresh: HashSet<G> =
                                         groups.into_iter().filter(|g| !gone.contains(g)).collect();
                                     if !fresh.is_empty() {
@@ -165,7 +156,7 @@ where
                                 }
                             }
                             if next_record == Some(t) {
-                                if let Some((cap, batch)) = records.remove(&t) {
+                                if let Some((cap, batch)) = records.take(t) {
                                     let mut session = output.session(&cap);
                                     for d in batch {
                                         let until = seal(&d);

@@ -5,6 +5,7 @@
 //! - [`expiry::Expire`]: retracts records when their window seals, bounding state.
 //! - [`dedupe::FirstOfKey`]: the first record of each key, remembering keys, not records.
 //! - [`forget::ExpireOrForget`]: expiry that also retracts a forgotten (erased) group.
+//! - [`stash::Stash`]: updates held by time until complete, for operators judging a time whole.
 //! - [`max::MaxTotal`]: the largest present value per key (sketch registers), for `u64` time.
 //! - [`sink::transactional_sink`]: absolute-value upserts plus offsets in one transaction.
 
@@ -14,4 +15,5 @@ pub mod forget;
 pub mod max;
 pub mod sink;
 pub mod source;
+pub mod stash;
 pub mod time;

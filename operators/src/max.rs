@@ -3,16 +3,15 @@
 //! of arranging its input and its output and replaying each key's history; with `u64` time a
 //! key needs only the multiset of its values.
 
-use std::collections::BTreeMap;
-
 use foldhash::HashMap;
 use smallvec::SmallVec;
+
+use crate::stash::Stash;
 use std::hash::Hash;
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::Capability;
 
 /// Extension trait adding [`MaxTotal::max_total`].
 pub trait MaxTotal<'scope, K, V> {
@@ -44,9 +43,6 @@ pub trait MaxTotal<'scope, K, V> {
 /// A key's present values and their multiplicities (a register sees far fewer than 2³¹).
 type Values<V> = SmallVec<[(V, i32); 2]>;
 
-/// Updates held until their time completes, with the capability to send at it.
-type Waiting<D> = BTreeMap<u64, (Capability<u64>, Vec<D>)>;
-
 impl<'scope, K, V> MaxTotal<'scope, K, V> for VecCollection<'scope, u64, (K, V), isize>
 where
     K: timely::ExchangeData + Hash + Eq + Clone,
@@ -56,26 +52,19 @@ where
         let exchange = Exchange::new(|((k, _), _, _): &((K, V), u64, isize)| k.hashed());
         self.inner
             .unary_frontier(exchange, "MaxTotal", |_cap, _info| {
-                let mut waiting: Waiting<((K, V), isize)> = BTreeMap::new();
+                let mut waiting: Stash<((K, V), isize)> = Stash::default();
                 // Each key's present values with their multiplicities, sorted by value. Most
                 // keys (sketch registers) hold one or two values: kept inline.
                 let mut values: HashMap<K, Values<V>> = HashMap::default();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         for (kv, time, diff) in data.drain(..) {
-                            waiting
-                                .entry(time)
-                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
-                                .1
-                                .push((kv, diff));
+                            waiting.push(&cap, time, (kv, diff));
                         }
                     });
-                    while let Some(entry) = waiting.first_entry() {
-                        let time = *entry.key();
-                        if frontier.less_equal(&time) {
-                            break;
-                        }
-                        let (cap, updates) = entry.remove();
+                    while let Some((time, cap, updates)) =
+                        waiting.pop_complete(|t| !frontier.less_equal(&t))
+                    {
                         // The max of each touched key before this time's updates.
                         let mut before: HashMap<K, Option<V>> = HashMap::default();
                         for ((k, v), diff) in updates {
