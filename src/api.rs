@@ -333,10 +333,10 @@ impl Api {
                 }
             }
         }
-        // Visitors over several hours or days: merge the buckets' HyperLogLog registers, the
-        // `uniques` family's for totals, a breakdown's own `visitors_hll` rows otherwise.
-        let sketched = shape.breakdown.is_empty()
-            || clickflow_dataflows::registry::family_of("visitors_hll", &shape.breakdown).is_some();
+        // Visitors over several hours or days: merge the buckets' HyperLogLog registers (the
+        // `visitors_hll` rows beside the visitors rows: traffic's for totals).
+        let sketched =
+            clickflow_dataflows::registry::family_of("visitors_hll", &shape.breakdown).is_some();
         let distinct_family = formulas
             .iter()
             .find_map(|f| match f {
@@ -354,11 +354,7 @@ impl Api {
             buckets.len() > 1,
             granularity == Granularity::Minute,
         ) {
-            let (family, metric, dimension) = if shape.breakdown.is_empty() {
-                ("uniques", "hll", "register")
-            } else {
-                (family, "visitors_hll", shape.breakdown.as_str())
-            };
+            let (metric, dimension) = ("visitors_hll", shape.breakdown.as_str());
             let rows = client
                 .query(
                     "SELECT dimension_value, value FROM rollups

@@ -100,14 +100,11 @@ const DERIVED: &[(&str, &str, &str, f64, i32)] = &[
     ("conversion_rate", "visitors", "visitors", 100.0, 1),
 ];
 
-/// Families that exist for the API's own use, not as metrics to ask for.
-const INTERNAL: &[&str] = &["uniques"];
-
 fn stored(metric: &str, dimension: &str) -> Option<Stored> {
     if metric.ends_with(clickflow_dataflows::aggregate::SKETCH_SUFFIX) {
         return None;
     }
-    let family = family_of(metric, dimension).filter(|f| !INTERNAL.contains(&f.name))?;
+    let family = family_of(metric, dimension)?;
     let name = family.metrics.iter().find(|m| **m == metric)?;
     Some((family.name, name))
 }
@@ -122,9 +119,7 @@ pub fn formula(metric: &str, dimension: &str) -> Result<Formula, String> {
     }
     let Some(&(_, num, den, scale, decimals)) = DERIVED.iter().find(|d| d.0 == metric) else {
         let stored_somewhere = !metric.ends_with(clickflow_dataflows::aggregate::SKETCH_SUFFIX)
-            && FAMILIES
-                .iter()
-                .any(|f| !INTERNAL.contains(&f.name) && f.metrics.contains(&metric));
+            && FAMILIES.iter().any(|f| f.metrics.contains(&metric));
         if stored_somewhere {
             return Err(format!(
                 "metrics: {metric} is not available {}",
@@ -182,7 +177,6 @@ pub fn formula(metric: &str, dimension: &str) -> Result<Formula, String> {
 fn unknown_metric(metric: &str) -> String {
     let mut known: Vec<&str> = FAMILIES
         .iter()
-        .filter(|f| !INTERNAL.contains(&f.name))
         .flat_map(|f| f.metrics.iter().copied())
         .filter(|m| !m.ends_with(clickflow_dataflows::aggregate::SKETCH_SUFFIX))
         .chain(DERIVED.iter().map(|d| d.0))
@@ -199,7 +193,6 @@ fn unknown_metric(metric: &str) -> String {
 pub fn known_dimensions() -> Vec<String> {
     let mut out: Vec<String> = FAMILIES
         .iter()
-        .filter(|f| !INTERNAL.contains(&f.name))
         .flat_map(|f| f.dimensions.iter())
         .filter(|d| !d.is_empty())
         .flat_map(|d| d.split(DIMENSION_SEPARATOR))
@@ -279,10 +272,9 @@ pub fn shape(q: &Query) -> Result<Shape, String> {
     }
     let breakdown = parts.join(&DIMENSION_SEPARATOR.to_string());
     let offered = FAMILIES.iter().any(|f| {
-        !INTERNAL.contains(&f.name)
-            && f.metrics
-                .iter()
-                .any(|m| family_of(m, &breakdown).is_some_and(|x| x.name == f.name))
+        f.metrics
+            .iter()
+            .any(|m| family_of(m, &breakdown).is_some_and(|x| x.name == f.name))
     });
     if !breakdown.is_empty() && !offered {
         return Err(format!(

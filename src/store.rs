@@ -134,6 +134,23 @@ pub fn migrate(client: &mut Client) -> anyhow::Result<Layout> {
     }
     // Rows derived from visits stay open past their bucket's end (see MetricKey::open_until).
     client.batch_execute("ALTER TABLE rollups ADD COLUMN IF NOT EXISTS open_until timestamptz")?;
+    // Visitor sketches of totals were once the `uniques` family's `hll`/`register` rows; they
+    // are now traffic's `visitors_hll` rows, value still the register index. Sealed history is
+    // never rewritten, so it is renamed in place (a no-op once done).
+    // Recorded once done, so no start pays for the scan again.
+    let mut tx = client.transaction()?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS migrations (name text PRIMARY KEY)")?;
+    let fresh = tx.execute(
+        "INSERT INTO migrations (name) VALUES ('uniques_into_traffic') ON CONFLICT DO NOTHING",
+        &[],
+    )?;
+    if fresh == 1 {
+        tx.batch_execute(
+            "UPDATE rollups SET family = 'traffic', metric = 'visitors_hll', dimension = ''
+              WHERE family = 'uniques' AND metric = 'hll'",
+        )?;
+    }
+    tx.commit()?;
     client.batch_execute(
         "INSERT INTO generations (id, status) VALUES (1, 'live') ON CONFLICT DO NOTHING;
          INSERT INTO active_generation (generation) VALUES (1) ON CONFLICT DO NOTHING;",

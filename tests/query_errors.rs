@@ -122,3 +122,65 @@ fn wrong_keys_and_bad_queries_are_refused_with_reasons() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"][0]["metrics"], json!([0, 0]));
 }
+
+/// A database written before visitor sketches moved from the `uniques` family to `traffic`'s
+/// `visitors_hll` rows: `migrate` renames the old rows in place, so multi-day visitor totals
+/// over sealed history keep their sketches.
+#[test]
+fn sketches_of_the_former_uniques_family_become_traffic_rows() {
+    let scratch = tempfile::tempdir().unwrap();
+    let db = fresh_database();
+    let setup = Setup::new(
+        &db,
+        &LogChoice::Embedded {
+            dir: scratch.path().join("log"),
+        },
+    );
+    setup.run(&["migrate"]);
+    let mut client = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+    let partitioned: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'rollups'::regclass)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    if partitioned {
+        client
+            .batch_execute(
+                "CREATE TABLE rollups_old PARTITION OF rollups
+                   FOR VALUES FROM ('2025-01-01') TO ('2025-02-01')",
+            )
+            .unwrap();
+    }
+    // As the old database has it: no record of the migration, register rows under `uniques`.
+    client
+        .batch_execute(
+            "DELETE FROM migrations;
+             INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family,
+                                  dimension, dimension_value, metric, value)
+             VALUES (1, 's1', 'day', '2025-01-02', '2025-01-03', 'uniques', 'register', '17', 'hll', 3),
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'traffic', '', '', 'visitors', 5)",
+        )
+        .unwrap();
+    setup.run(&["migrate"]);
+    let rows: Vec<(String, String, String, String, i64)> = client
+        .query(
+            "SELECT family, metric, dimension, dimension_value, value FROM rollups ORDER BY metric",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    let row = |f: &str, m: &str, d: &str, v: &str, n: i64| {
+        (f.to_owned(), m.to_owned(), d.to_owned(), v.to_owned(), n)
+    };
+    assert_eq!(
+        rows,
+        vec![
+            row("traffic", "visitors", "", "", 5),
+            row("traffic", "visitors_hll", "", "17", 3),
+        ]
+    );
+}

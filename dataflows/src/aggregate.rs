@@ -1,5 +1,5 @@
 //! Building blocks families are written with: each turns keyed records into metric rows.
-//! They are thin layers over differential's `count_total`, `distinct_total` and `reduce`, so
+//! They are thin layers over differential's `count_total` and Clickflow's `distinct_total_sketched`, so
 //! a family stays a handful of lines and every number it produces corrects itself on
 //! retraction. The `_total` forms rely on ingest time being totally ordered (`u64`) and keep
 //! no arrangement of their output.
@@ -7,16 +7,16 @@
 use std::hash::Hash;
 use std::sync::Arc;
 
-use clickflow_operators::max::MaxTotal;
+use clickflow_operators::distinct::{Distinct, DistinctTotal};
 use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::difference::{Multiply, Semigroup};
-use differential_dataflow::operators::{CountTotal, ThresholdTotal};
+use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{ExchangeData, Hashable, VecCollection};
 
 use crate::metric::{visit_rows_open_until, Row, RowKey, VISIT_GRANULARITIES};
 use crate::symbol::Sym;
-use crate::uniques::register_of;
+use crate::uniques::PRECISION;
 use crate::visits::Visit;
 
 /// How many records each key has: `count(*) GROUP BY key`.
@@ -84,18 +84,58 @@ where
         .flat_map(move |(k, r)| rows(k, r).into_iter().filter(|(_, v)| *v != 0))
 }
 
-/// How many distinct values each key has: `count(DISTINCT v) GROUP BY key`. Exact for every
-/// materialized bucket; never add these up across buckets.
-pub fn count_distinct_rows<'s, K, V, F>(
-    pairs: VecCollection<'s, u64, (K, V)>,
+/// How many distinct visitors each key has: `count(DISTINCT visitor) GROUP BY key`. Exact for
+/// every materialized bucket; never add these up across buckets (merge the sketch that
+/// [`visitor_rows`] adds instead). Each key holds its visitors once, sorted (about 20 bytes a
+/// visitor); visitor ids must be uniform 64-bit hashes.
+pub fn count_distinct_rows<'s, K, F>(
+    pairs: VecCollection<'s, u64, (K, u64)>,
     row: F,
 ) -> VecCollection<'s, u64, Row>
 where
     K: ExchangeData + Hash,
-    V: ExchangeData + Hash,
     F: Fn(K) -> RowKey + 'static,
 {
-    count_rows(pairs.distinct_total().map(|(k, _)| k), row)
+    visitor_rows_with(pairs, row, None::<fn(K) -> RowKey>)
+}
+
+/// [`count_distinct_rows`] plus the HyperLogLog registers of the same visitors (see
+/// [`crate::uniques`]), so visitors of one key over several buckets can be estimated by
+/// merging registers. `sketch` names the sketch's row (metric `visitors_hll`); each register's
+/// row adds its index to the value. The registers are read off the exact set, at no cost in
+/// memory.
+pub fn visitor_rows<'s, K, F, G>(
+    pairs: VecCollection<'s, u64, (K, u64)>,
+    visitors: F,
+    sketch: G,
+) -> VecCollection<'s, u64, Row>
+where
+    K: ExchangeData + Hash,
+    F: Fn(K) -> RowKey + 'static,
+    G: Fn(K) -> RowKey + 'static,
+{
+    visitor_rows_with(pairs, visitors, Some(sketch))
+}
+
+fn visitor_rows_with<'s, K, F, G>(
+    pairs: VecCollection<'s, u64, (K, u64)>,
+    visitors: F,
+    sketch: Option<G>,
+) -> VecCollection<'s, u64, Row>
+where
+    K: ExchangeData + Hash,
+    F: Fn(K) -> RowKey + 'static,
+    G: Fn(K) -> RowKey + 'static,
+{
+    let precision = sketch.as_ref().map(|_| PRECISION);
+    pairs
+        .distinct_total_sketched(precision)
+        .flat_map(move |(k, stat)| match stat {
+            Distinct::Count(n) => Some((visitors(k), n as i64)),
+            Distinct::Register { index, rank } => sketch
+                .as_ref()
+                .map(|sketch| (sketch_key(sketch(k), index), rank as i64)),
+        })
 }
 
 /// The sum of the values of each key: `sum(v) GROUP BY key`. A sum of zero is no row.
@@ -108,26 +148,6 @@ where
     F: Fn(K) -> RowKey + 'static,
 {
     count_rows(pairs.explode(|(k, v)| Some((k, v as isize))), row)
-}
-
-/// HyperLogLog registers (see [`crate::uniques`]) of the visitors of each key, so visitors of
-/// one breakdown value over several buckets can be estimated by merging registers. `row` gives
-/// the sketch's row (metric `visitors_hll`); each register's row adds its index to the value.
-pub fn visitor_sketch_rows<'s, K, F>(
-    pairs: VecCollection<'s, u64, (K, u64)>,
-    row: F,
-) -> VecCollection<'s, u64, Row>
-where
-    K: ExchangeData + Hash,
-    F: Fn(K) -> RowKey + 'static,
-{
-    pairs
-        .map(|(k, visitor)| {
-            let (index, rank) = register_of(visitor);
-            ((k, index), rank)
-        })
-        .max_total()
-        .map(move |((k, index), rank): ((K, u16), u8)| (sketch_key(row(k), index), rank as i64))
 }
 
 /// The sketch row of register `index` for the row `key`: the index is the value's last part.
@@ -198,8 +218,11 @@ pub fn visit_breakdown<'s>(
                 }
                 out
             }),
-            count_distinct_rows(keyed.clone().map(|(k, v, _)| (k, v)), row("visitors")),
-            visitor_sketch_rows(keyed.map(|(k, v, _)| (k, v)), row("visitors_hll")),
+            visitor_rows(
+                keyed.map(|(k, v, _)| (k, v)),
+                row("visitors"),
+                row("visitors_hll"),
+            ),
         ],
     )
 }

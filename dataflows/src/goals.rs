@@ -6,7 +6,7 @@ use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::VecCollection;
 
-use crate::aggregate::{count_distinct_rows, count_rows, visitor_sketch_rows};
+use crate::aggregate::{count_rows, visitor_rows};
 use crate::hit::Hit;
 use crate::metric::{Row, RowKey, VISIT_GRANULARITIES};
 use crate::pipeline::Inputs;
@@ -62,8 +62,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
         inputs.hits.scope(),
         [
             count_rows(keyed.clone().map(|(k, _)| k), row("conversions")),
-            count_distinct_rows(keyed.clone(), row("visitors")),
-            visitor_sketch_rows(keyed, row("visitors_hll")),
+            visitor_rows(keyed, row("visitors"), row("visitors_hll")),
         ],
     )
 }

@@ -118,6 +118,12 @@ impl RowKey {
         self
     }
 
+    /// The ingest time from which the sink holds the row as final (see
+    /// [`MetricKey::seal_time`]).
+    pub fn seal_time(&self, lateness_ms: u64) -> u64 {
+        seal_time(self.open_until, lateness_ms)
+    }
+
     /// Marks the row as changeable by events up to `until` (see [`MetricKey::open_until`]).
     pub fn open_until(mut self, until: i64) -> RowKey {
         self.open_until = self.open_until.max(until);

@@ -9,7 +9,7 @@ use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::VecCollection;
 
-use crate::aggregate::{count_distinct_rows, sums_rows, visitor_sketch_rows};
+use crate::aggregate::{sums_rows, visitor_rows};
 use crate::metric::{visit_rows_open_until, Row, RowKey, VISIT_GRANULARITIES};
 use crate::pipeline::Inputs;
 use crate::registry::Family;
@@ -98,8 +98,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
                     ]
                 },
             ),
-            count_distinct_rows(views.clone(), |k| row("visitors", k)),
-            visitor_sketch_rows(views, |k| row("visitors_hll", k)),
+            visitor_rows(views, |k| row("visitors", k), |k| row("visitors_hll", k)),
         ],
     )
 }

@@ -13,6 +13,7 @@ use differential_dataflow::collection::concatenate;
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Filter;
 
 use crate::event::Record;
 use crate::hit::{Bot, Hit};
@@ -56,6 +57,19 @@ pub fn day_seal_time(ts: i64, tz: Tz, settings: &Settings) -> u64 {
 /// must outlive that day too, or the retry would count there. The same margin keeps a refund
 /// until a purchase on the following day has sealed.
 pub const DEDUPE_MARGIN_MS: u64 = 25 * 3_600_000;
+
+/// A sealed day's records are retracted over the hour after its seal, in one-minute steps,
+/// each visitor's at once, rather than all at one instant: the retraction of a whole day would
+/// otherwise fan out through every family in one step (hundreds of MiB in flight at a million
+/// events a day). Whole minutes keep the number of distinct times small. Rows are final from
+/// their seal on, so a later retraction changes nothing the sink writes.
+pub const EXPIRY_STEPS: u64 = 60;
+pub const EXPIRY_STEP_MS: u64 = 60_000;
+
+/// When a record of `visitor` whose rows all seal at `seal` is retracted.
+pub fn expiry_time(seal: u64, visitor: u64) -> u64 {
+    seal.saturating_add(visitor % EXPIRY_STEPS * EXPIRY_STEP_MS)
+}
 
 /// A log record with its text interned, or a word the dictionary must learn.
 #[derive(
@@ -130,7 +144,7 @@ pub fn prepare<'s>(
             |h| (h.site, h.visitor),
             move |h| {
                 let margin = if h.is_refund() { DEDUPE_MARGIN_MS } else { 0 };
-                day_seal_time(h.ts, h.zone.tz(), &seal) + margin
+                expiry_time(day_seal_time(h.ts, h.zone.tz(), &seal) + margin, h.visitor)
             },
         );
     let (forget, seal) = (settings.clone(), settings.clone());
@@ -143,7 +157,7 @@ pub fn prepare<'s>(
             |b| (b.site, b.id),
             move |b| day_seal_time(b.ts, b.zone.tz(), &forget) + DEDUPE_MARGIN_MS,
         )
-        .expire_at(move |b| day_seal_time(b.ts, b.zone.tz(), &seal));
+        .expire_at(move |b| expiry_time(day_seal_time(b.ts, b.zone.tz(), &seal), b.id));
     let refunds = kept.clone().filter(|h| h.is_refund());
     let hits = kept.filter(|h| !h.is_refund());
     let inputs = Inputs {
@@ -189,7 +203,15 @@ pub fn metrics_with<'s>(
             .iter()
             .map(|family| (family.build)(&inputs, settings)),
     );
-    render(rows, words, fixed_words(&families))
+    // A row's changes from its seal on are the retractions of its state's expiry, which the
+    // sink ignores (the row is final): drop them here rather than render them, all of a day's
+    // rows at once, to text.
+    let lateness = settings.seal_lateness_ms;
+    let open = rows
+        .inner
+        .filter(move |((key, _), time, _)| *time < key.seal_time(lateness))
+        .as_collection();
+    render(open, words, fixed_words(&families))
 }
 
 /// The words families may use without announcing them: names, metrics and dimensions.

@@ -26,7 +26,6 @@ pub static FAMILIES: &[Family] = &[
     crate::goals::FAMILY,
     crate::revenue::FAMILY,
     crate::realtime::FAMILY,
-    crate::uniques::FAMILY,
 ];
 
 /// The family that computes `metric` broken down by `dimension` (`""` for none), if any.

@@ -593,7 +593,7 @@ mod whole_table {
 
     /// Every family's oracle, merged: the complete rollups table.
     fn all_oracles(o: &Oracle) -> BTreeMap<MetricKey, i64> {
-        let oracles: [FamilyOracle; 10] = [
+        let oracles: [FamilyOracle; 9] = [
             crate::traffic::tests::oracle,
             crate::sessions::tests::oracle,
             crate::pages::tests::oracle,
@@ -603,7 +603,6 @@ mod whole_table {
             crate::goals::tests::oracle,
             crate::revenue::tests::oracle,
             crate::realtime::tests::oracle,
-            crate::uniques::tests::oracle,
         ];
         assert_eq!(
             oracles.len(),

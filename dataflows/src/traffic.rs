@@ -1,11 +1,14 @@
 //! `traffic`: per site and bucket, pageviews, events, exact distinct visitors, and the bot
-//! hits the collector filtered out.
+//! hits the collector filtered out. Hours and days also carry the HyperLogLog registers of
+//! their visitors (`visitors_hll`, see [`crate::uniques`]), so the API answers "visitors
+//! between any two hours" by merging registers rather than adding distinct counts; they are
+//! read off the same exact visitor sets.
 
 use clickflow_operators::time::{bucket_of, Bucket, Granularity};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::VecCollection;
 
-use crate::aggregate::{count_distinct_rows, count_rows, sums_rows};
+use crate::aggregate::{count_distinct_rows, count_rows, sums_rows, visitor_rows};
 use crate::metric::{Row, RowKey};
 use crate::pipeline::Inputs;
 use crate::registry::Family;
@@ -14,7 +17,13 @@ use crate::symbol::Sym;
 
 pub const FAMILY: Family = Family {
     name: "traffic",
-    metrics: &["pageviews", "events", "visitors", "bot_events"],
+    metrics: &[
+        "pageviews",
+        "events",
+        "visitors",
+        "visitors_hll",
+        "bot_events",
+    ],
     dimensions: &[""],
     build,
 };
@@ -32,6 +41,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
         let tz = b.zone.tz();
         Granularity::ALL.map(|g| (b.site, bucket_of(b.ts, g, tz)))
     });
+    let minutes = bucketed.clone().map(|(k, v, _)| (k, v));
     let counts = bucketed
         .clone()
         .map(|(k, _, pageview)| (k, (pageview as isize, 1isize)));
@@ -44,7 +54,17 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
                     (row("events")(k), events as i64),
                 ]
             }),
-            count_distinct_rows(bucketed.map(|(k, v, _)| (k, v)), row("visitors")),
+            count_distinct_rows(
+                minutes.filter(|((_, b), _)| b.granularity == Granularity::Minute),
+                row("visitors"),
+            ),
+            visitor_rows(
+                bucketed
+                    .map(|(k, v, _)| (k, v))
+                    .filter(|((_, b), _)| b.granularity != Granularity::Minute),
+                row("visitors"),
+                row("visitors_hll"),
+            ),
             count_rows(bots, row("bot_events")),
         ],
     )
@@ -57,12 +77,13 @@ pub(crate) mod tests {
     use clickflow_operators::time::parse_tz;
 
     use super::*;
-    use crate::metric::MetricKey;
+    use crate::metric::{MetricKey, VISIT_GRANULARITIES};
     use crate::testing::{oracle_property, Oracle, Put};
 
     /// The oracle: plain Rust over the surviving events.
     pub(crate) fn oracle(o: &Oracle) -> BTreeMap<MetricKey, i64> {
         let mut put = Put::default();
+        let mut registers: BTreeMap<MetricKey, i64> = BTreeMap::new();
         for h in &o.hits {
             for g in Granularity::ALL {
                 let b = bucket_of(h.ts, g, parse_tz(&h.tz));
@@ -71,12 +92,24 @@ pub(crate) mod tests {
                 put.add(key("events"), 1);
                 put.distinct(key("visitors"), h.visitor);
             }
+            for g in VISIT_GRANULARITIES {
+                let b = bucket_of(h.ts, g, parse_tz(&h.tz));
+                let index = h.visitor >> 52;
+                let rank = (h.visitor << 12).leading_zeros().min(52) as i64 + 1;
+                let key = MetricKey::new(&h.site, b, "traffic", "visitors_hll")
+                    .by("", &index.to_string());
+                let slot = registers.entry(key).or_default();
+                *slot = (*slot).max(rank);
+            }
         }
         for b in &o.bots {
             for g in Granularity::ALL {
                 let bucket = bucket_of(b.ts, g, parse_tz(&b.tz));
                 put.add(MetricKey::new(&b.site, bucket, "traffic", "bot_events"), 1);
             }
+        }
+        for (k, v) in registers {
+            put.add(k, v);
         }
         put.rows()
     }

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use clickflow_operators::reduce::ReduceTotal;
 use clickflow_operators::time::{bucket_of, Granularity};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -52,9 +53,9 @@ impl Visit {
 
 /// Groups `hits` into visits per (site, visitor, day in the site's zone).
 ///
-/// The sessionizer's state is one `(time, id, shared hit)` per event of an open day: the hit
-/// itself is the one every family already shares, so a late event re-cuts a visitor's day
-/// from integers and pointers.
+/// The sessionizer's state is one `(time, id, shared hit)` per event of an open day, held once
+/// (no arrangement of input or output): the hit itself is the one every family already
+/// shares, so a late event re-cuts a visitor's day from integers and pointers.
 pub fn visits<'s>(
     hits: VecCollection<'s, u64, Arc<Hit>>,
     settings: &Settings,
@@ -64,14 +65,11 @@ pub fn visits<'s>(
         let day = bucket_of(h.ts, Granularity::Day, h.zone.tz());
         ((h.site, h.visitor, day.end), (h.ts, h.id, h))
     })
-    .reduce_named("Sessionize", move |(site, visitor, day_end), steps, out| {
+    .reduce_total("Sessionize", move |(site, visitor, day_end), steps, out| {
         let mut run: Vec<&Hit> = Vec::new();
         let mut last_ts = i64::MIN;
-        for ((ts, _, hit), count) in steps {
-            // Deduplicated upstream: each step is present once.
-            if *count <= 0 {
-                continue;
-            }
+        // Deduplicated upstream: each step is present once.
+        for ((ts, _, hit), _) in steps {
             if !run.is_empty() && ts - last_ts > timeout {
                 out.push((close(*site, *visitor, *day_end, &run), 1));
                 run.clear();

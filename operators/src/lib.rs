@@ -6,13 +6,15 @@
 //! - [`dedupe::FirstOfKey`]: the first record of each key, remembering keys, not records.
 //! - [`forget::ExpireOrForget`]: expiry that also retracts a forgotten (erased) group.
 //! - [`stash::Stash`]: updates held by time until complete, for operators judging a time whole.
-//! - [`max::MaxTotal`]: the largest present value per key (sketch registers), for `u64` time.
+//! - [`distinct::DistinctTotal`]: exact distinct counts per key with their HyperLogLog registers.
+//! - [`reduce::ReduceTotal`]: `reduce` for `u64` time keeping each key's input only.
 //! - [`sink::transactional_sink`]: absolute-value upserts plus offsets in one transaction.
 
 pub mod dedupe;
+pub mod distinct;
 pub mod expiry;
 pub mod forget;
-pub mod max;
+pub mod reduce;
 pub mod sink;
 pub mod source;
 pub mod stash;

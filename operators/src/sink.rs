@@ -141,6 +141,9 @@ pub fn transactional_sink<'scope, K, V, B, S>(
     let mut pending_progress: Vec<(u64, PartitionProgress)> = Vec::new();
     // Accumulated value multiplicities of every live key; one value with +1 when consistent.
     let mut live: HashMap<K, Vec<(V, isize)>> = HashMap::new();
+    // Live keys by seal time: once every change before its seal is applied, a key's value is
+    // final (in `dirty` until committed) and its entry is dropped.
+    let mut sealing: BTreeMap<u64, Vec<K>> = BTreeMap::new();
     // Keys to write with the value they had at their last change before sealing.
     let mut dirty: BTreeMap<K, Option<V>> = BTreeMap::new();
     let mut offsets: BTreeMap<u32, u64> = BTreeMap::new();
@@ -183,23 +186,32 @@ pub fn transactional_sink<'scope, K, V, B, S>(
         ready.sort_by_key(|u| u.1);
         for ((key, value), time, diff) in ready {
             let (bucket_start, seal) = bounds(&key);
-            if bucket_start < config.write_from {
+            // At or after the seal time only expiry retractions arrive: the row as last
+            // written (or about to be) is final.
+            if bucket_start < config.write_from || time >= seal {
                 continue;
             }
-            let values = live.entry(key.clone()).or_default();
+            let values = live.entry(key.clone()).or_insert_with(|| {
+                sealing.entry(seal).or_default().push(key.clone());
+                Vec::new()
+            });
             match values.iter_mut().find(|(v, _)| *v == value) {
                 Some(entry) => entry.1 += diff,
                 None => values.push((value, diff)),
             }
             values.retain(|(_, d)| *d != 0);
+            // An emptied entry stays until its seal: a change of value (retraction, then
+            // insertion) must not enter the key in `sealing` again.
             let now = current_value(values).cloned();
-            if values.is_empty() {
-                live.remove(&key);
+            dirty.insert(key, now);
+        }
+        let sealed_before = frontier.unwrap_or(u64::MAX);
+        while let Some(entry) = sealing.first_entry() {
+            if *entry.key() > sealed_before {
+                break;
             }
-            // At or after the seal time only expiry retractions arrive: the row as last
-            // written (or about to be) is final.
-            if time < seal {
-                dirty.insert(key, now);
+            for key in entry.remove() {
+                live.remove(&key);
             }
         }
         let (ready, rest): (Vec<_>, Vec<_>) =
