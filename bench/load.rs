@@ -72,7 +72,6 @@ fn main() -> anyhow::Result<()> {
         ))
     };
     let _server = spawn(&["serve"])?;
-    let _engine = spawn(&["engine", "-w", "2"])?;
     // A browser user agent: requests without one are filtered as bots.
     let http = reqwest::blocking::Client::builder()
         .user_agent("Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0")
@@ -91,6 +90,8 @@ fn main() -> anyhow::Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The engine reads the embedded log the collector creates: start it once the collector is up.
+    let _engine = spawn(&["engine", "-w", "2"])?;
 
     // Acknowledged batches: (time of the 202, cumulative events acknowledged then).
     let acked = Arc::new(AtomicU64::new(0));
@@ -216,6 +217,22 @@ fn main() -> anyhow::Result<()> {
     println!(
         "  all visible: {}",
         visible.last().map(|v| v.1 == total).unwrap_or(false)
+    );
+    // What the rollups cost in Postgres (partitions or chunks are the parent's children).
+    let stored = client.query_one(
+        "SELECT (SELECT count(*) FROM rollups),
+                (SELECT count(*) FROM rollups WHERE metric LIKE '%\\_hll' ESCAPE '\\'),
+                pg_total_relation_size('rollups') + coalesce((SELECT sum(pg_total_relation_size(inhrelid))
+                   FROM pg_inherits WHERE inhparent = 'rollups'::regclass), 0)::bigint",
+        &[],
+    )?;
+    let (rows, sketch_rows, bytes): (i64, i64, i64) = (stored.get(0), stored.get(1), stored.get(2));
+    let per_event = |x: i64| x as f64 / (total.max(1)) as f64;
+    println!(
+        "  postgres:   {rows} rollup rows ({sketch_rows} of them sketch registers), {:.2} rows/event, {} MiB table + indexes, {:.0} B/event",
+        per_event(rows),
+        bytes / (1 << 20),
+        per_event(bytes)
     );
     drop(_engine);
     drop(_server);
