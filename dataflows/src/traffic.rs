@@ -41,7 +41,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
         let tz = b.zone.tz();
         Granularity::ALL.map(|g| (b.site, bucket_of(b.ts, g, tz)))
     });
-    let minutes = bucketed.clone().map(|(k, v, _)| (k, v));
+    let visitors = bucketed.clone().map(|(k, v, _)| (k, v));
     let counts = bucketed
         .clone()
         .map(|(k, _, pageview)| (k, (pageview as isize, 1isize)));
@@ -54,14 +54,15 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
                     (row("events")(k), events as i64),
                 ]
             }),
+            // Minutes are never merged into longer ranges: no sketch for them.
             count_distinct_rows(
-                minutes.filter(|((_, b), _)| b.granularity == Granularity::Minute),
+                visitors
+                    .clone()
+                    .filter(|((_, b), _)| b.granularity == Granularity::Minute),
                 row("visitors"),
             ),
             visitor_rows(
-                bucketed
-                    .map(|(k, v, _)| (k, v))
-                    .filter(|((_, b), _)| b.granularity != Granularity::Minute),
+                visitors.filter(|((_, b), _)| b.granularity != Granularity::Minute),
                 row("visitors"),
                 row("visitors_hll"),
             ),
