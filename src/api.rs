@@ -357,9 +357,9 @@ impl Api {
             let (metric, dimension) = ("visitors_hll", shape.breakdown.as_str());
             let rows = client
                 .query(
-                    "SELECT dimension_value, value FROM rollups
+                    "SELECT dimension_value, sketch FROM rollups
                       WHERE site_id = $1 AND generation = $2 AND granularity = $3 AND family = $4
-                        AND metric = $5 AND dimension = $6
+                        AND metric = $5 AND dimension = $6 AND sketch IS NOT NULL
                         AND bucket >= to_timestamp($7::bigint / 1000.0) AND bucket < to_timestamp($8::bigint / 1000.0)",
                     &[&q.site_id, &generation, &granularity.as_str(), &family, &metric, &dimension, &first, &to],
                 )
@@ -368,19 +368,18 @@ impl Api {
             // breakdown value (empty for totals) → registers
             let mut registers: BTreeMap<String, Vec<(u16, u8)>> = BTreeMap::new();
             for r in &rows {
-                let stored: String = r.get(0);
-                let (value, index) = match stored.rsplit_once(VALUE_SEPARATOR) {
-                    Some((v, i)) => (v.to_owned(), i),
-                    None => (String::new(), stored.as_str()),
-                };
-                let Ok(index) = index.parse::<u16>() else {
-                    continue;
-                };
+                let value: String = r.get(0);
                 if !shape.breakdown.is_empty() && !shape.filters.iter().all(|f| f.keeps(&value)) {
                     continue;
                 }
-                let rank = r.get::<_, i64>(1).clamp(0, 64) as u8;
-                registers.entry(value).or_default().push((index, rank));
+                let sketch: Vec<u8> = r.get(1);
+                let decoded = clickflow_dataflows::uniques::decode(&sketch).map_err(|e| {
+                    ApiError(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("a stored visitor sketch is unreadable: {e}"),
+                    )
+                })?;
+                registers.entry(value).or_default().extend(decoded);
             }
             for ((_, value), cell) in grouped.iter_mut() {
                 // Without a shown breakdown (totals, or one filtered value) every kept

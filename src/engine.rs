@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clickflow_dataflows::{pipeline, MetricKey, Record};
+use clickflow_dataflows::metric::Rollups;
+use clickflow_dataflows::{pipeline, Record};
 use clickflow_operators::sink::{transactional_sink, SinkConfig, SinkStatus};
 use clickflow_operators::source::{log_source, LogRecord, PartitionReader, SourceConfig};
 use differential_dataflow::AsCollection;
@@ -264,7 +265,9 @@ pub fn run(
                 rows,
                 progress,
                 sink_config,
-                move |k: &MetricKey| (k.bucket_start, k.seal_time(lateness)),
+                Rollups {
+                    seal_lateness_ms: lateness,
+                },
                 sink,
                 status,
             );

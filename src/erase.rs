@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clickflow_dataflows::event::Erasure;
+use clickflow_dataflows::metric::{Cell, Rollups};
 use clickflow_dataflows::pipeline::metrics;
 use clickflow_dataflows::{MetricKey, Record};
 use clickflow_operators::sink::{transactional_sink, MemoryTable, SinkConfig, SinkStatus};
@@ -167,23 +168,12 @@ pub fn recompute_sealed_days(
             &[&site, &generation, &floor_hour(d.start), &ceil_hour(d.end), &lateness, &erased_at],
         )?;
     }
-    let mut written = 0usize;
-    for (k, v) in &rows {
-        if !sealed(k) || !days.iter().any(|d| inside(d, k)) {
-            continue;
-        }
-        tx.execute(
-            "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value, open_until)
-             VALUES ($1, $2, $3, to_timestamp($4::bigint / 1000.0), to_timestamp($5::bigint / 1000.0), $6, $7, $8, $9, $10, to_timestamp($11::bigint / 1000.0))
-             ON CONFLICT (site_id, generation, granularity, family, metric, dimension, dimension_value, bucket)
-             DO UPDATE SET value = EXCLUDED.value, open_until = EXCLUDED.open_until, updated_at = now()",
-            &[
-                &generation, &k.site, &k.granularity.as_str(), &k.bucket_start, &k.bucket_end, &k.family,
-                &k.dimension, &k.dimension_value, &k.metric, v, &k.open_until,
-            ],
-        )?;
-        written += 1;
-    }
+    let written = crate::sink::upsert(
+        &mut tx,
+        generation,
+        rows.iter()
+            .filter(|(k, _)| sealed(k) && days.iter().any(|d| inside(d, k))),
+    )?;
     tx.execute(
         "UPDATE erasures SET status = 'done', recomputed_days = $3 WHERE site_id = $1 AND visitor = $2",
         &[&site, &(visitor as i64), &(days.len() as i32)],
@@ -267,9 +257,9 @@ fn scan(
 fn run_pipeline(
     mut input: Vec<(Record, u64)>,
     settings: &clickflow_dataflows::Settings,
-) -> anyhow::Result<BTreeMap<MetricKey, i64>> {
+) -> anyhow::Result<BTreeMap<MetricKey, Cell>> {
     input.sort_by_key(|(_, t)| *t);
-    let target: MemoryTable<MetricKey, i64> = MemoryTable::default();
+    let target: MemoryTable<MetricKey, Cell> = MemoryTable::default();
     let rows = target.0.clone();
     let settings = settings.clone();
     let lateness = settings.seal_lateness_ms;
@@ -283,7 +273,9 @@ fn run_pipeline(
                 metrics(records, &settings),
                 progress,
                 SinkConfig::default(),
-                move |k: &MetricKey| (k.bucket_start, k.seal_time(lateness)),
+                Rollups {
+                    seal_lateness_ms: lateness,
+                },
                 target,
                 Arc::new(SinkStatus::default()),
             );

@@ -101,7 +101,7 @@ const DERIVED: &[(&str, &str, &str, f64, i32)] = &[
 ];
 
 fn stored(metric: &str, dimension: &str) -> Option<Stored> {
-    if metric.ends_with(clickflow_dataflows::aggregate::SKETCH_SUFFIX) {
+    if metric.ends_with(clickflow_dataflows::metric::SKETCH_SUFFIX) {
         return None;
     }
     let family = family_of(metric, dimension)?;
@@ -118,7 +118,7 @@ pub fn formula(metric: &str, dimension: &str) -> Result<Formula, String> {
         });
     }
     let Some(&(_, num, den, scale, decimals)) = DERIVED.iter().find(|d| d.0 == metric) else {
-        let stored_somewhere = !metric.ends_with(clickflow_dataflows::aggregate::SKETCH_SUFFIX)
+        let stored_somewhere = !metric.ends_with(clickflow_dataflows::metric::SKETCH_SUFFIX)
             && FAMILIES.iter().any(|f| f.metrics.contains(&metric));
         if stored_somewhere {
             return Err(format!(
@@ -178,7 +178,7 @@ fn unknown_metric(metric: &str) -> String {
     let mut known: Vec<&str> = FAMILIES
         .iter()
         .flat_map(|f| f.metrics.iter().copied())
-        .filter(|m| !m.ends_with(clickflow_dataflows::aggregate::SKETCH_SUFFIX))
+        .filter(|m| !m.ends_with(clickflow_dataflows::metric::SKETCH_SUFFIX))
         .chain(DERIVED.iter().map(|d| d.0))
         .collect();
     known.sort();

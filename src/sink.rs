@@ -5,9 +5,10 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use clickflow_dataflows::MetricKey;
+use clickflow_dataflows::metric::Cell;
+use clickflow_dataflows::{uniques, MetricKey};
 use clickflow_operators::sink::{CommitBatch, Transaction};
-use postgres::Client;
+use postgres::{Client, GenericClient};
 
 use crate::store;
 
@@ -45,7 +46,7 @@ impl PgSink {
         }
     }
 
-    fn write(&mut self, batch: &CommitBatch<MetricKey, i64>) -> anyhow::Result<()> {
+    fn write(&mut self, batch: &CommitBatch<MetricKey, Cell>) -> anyhow::Result<()> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.client = Some(store::connect(&self.url)?);
         }
@@ -95,7 +96,7 @@ impl PgSink {
             )?;
         }
         if !batch.deletes.is_empty() {
-            let cols = Columns::of(batch.deletes.iter().map(|k| (k, 0)));
+            let cols = Columns::of(batch.deletes.iter().map(|k| (k, &Cell::Number(0))));
             tx.execute(
                 "DELETE FROM rollups r USING unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[])
                     AS d(site_id, granularity, bucket, family, dimension, dimension_value, metric)
@@ -105,22 +106,11 @@ impl PgSink {
                 &[&self.generation, &cols.site, &cols.granularity, &cols.bucket, &cols.family, &cols.dimension, &cols.dimension_value, &cols.metric],
             )?;
         }
-        if !batch.upserts.is_empty() {
-            let cols = Columns::of(batch.upserts.iter().map(|(k, v)| (k, *v)));
-            tx.execute(
-                "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value, open_until)
-                 SELECT $1, site_id, granularity, to_timestamp(bucket::float8 / 1000), to_timestamp(bucket_end::float8 / 1000),
-                        family, dimension, dimension_value, metric, value, to_timestamp(open_until::float8 / 1000)
-                   FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::int8[])
-                     AS u(site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value, open_until)
-                 ON CONFLICT (site_id, generation, granularity, family, metric, dimension, dimension_value, bucket)
-                 DO UPDATE SET value = EXCLUDED.value, open_until = EXCLUDED.open_until, updated_at = now()",
-                &[
-                    &self.generation, &cols.site, &cols.granularity, &cols.bucket, &cols.bucket_end, &cols.family,
-                    &cols.dimension, &cols.dimension_value, &cols.metric, &cols.value, &cols.open_until,
-                ],
-            )?;
-        }
+        upsert(
+            &mut tx,
+            self.generation,
+            batch.upserts.iter().map(|(k, c)| (k, c)),
+        )?;
         let partitions: Vec<i32> = batch.progress.iter().map(|(p, _)| *p as i32).collect();
         let offsets: Vec<i64> = batch.progress.iter().map(|(_, o)| *o as i64).collect();
         tx.execute(
@@ -137,6 +127,32 @@ impl PgSink {
     }
 }
 
+/// Writes the absolute values of `rows` into `generation`, in one statement. A sketch row's
+/// `value` is its estimate, for people reading the table; readers merge `sketch`.
+pub fn upsert<'a>(
+    tx: &mut impl GenericClient,
+    generation: i32,
+    rows: impl Iterator<Item = (&'a MetricKey, &'a Cell)>,
+) -> anyhow::Result<u64> {
+    let cols = Columns::of(rows);
+    if cols.site.is_empty() {
+        return Ok(0);
+    }
+    Ok(tx.execute(
+        "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value, open_until, sketch)
+         SELECT $1, site_id, granularity, to_timestamp(bucket::float8 / 1000), to_timestamp(bucket_end::float8 / 1000),
+                family, dimension, dimension_value, metric, value, to_timestamp(open_until::float8 / 1000), sketch
+           FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::int8[], $12::bytea[])
+             AS u(site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value, open_until, sketch)
+         ON CONFLICT (site_id, generation, granularity, family, metric, dimension, dimension_value, bucket)
+         DO UPDATE SET value = EXCLUDED.value, open_until = EXCLUDED.open_until, sketch = EXCLUDED.sketch, updated_at = now()",
+        &[
+            &generation, &cols.site, &cols.granularity, &cols.bucket, &cols.bucket_end, &cols.family,
+            &cols.dimension, &cols.dimension_value, &cols.metric, &cols.value, &cols.open_until, &cols.sketch,
+        ],
+    )?)
+}
+
 #[derive(Default)]
 struct Columns {
     site: Vec<String>,
@@ -149,12 +165,13 @@ struct Columns {
     metric: Vec<String>,
     value: Vec<i64>,
     open_until: Vec<i64>,
+    sketch: Vec<Option<Vec<u8>>>,
 }
 
 impl Columns {
-    fn of<'a>(rows: impl Iterator<Item = (&'a MetricKey, i64)>) -> Columns {
+    fn of<'a>(rows: impl Iterator<Item = (&'a MetricKey, &'a Cell)>) -> Columns {
         let mut c = Columns::default();
-        for (k, v) in rows {
+        for (k, cell) in rows {
             c.site.push(k.site.clone());
             c.granularity.push(k.granularity.as_str().to_owned());
             c.bucket.push(k.bucket_start);
@@ -163,15 +180,25 @@ impl Columns {
             c.dimension.push(k.dimension.clone());
             c.dimension_value.push(k.dimension_value.clone());
             c.metric.push(k.metric.clone());
-            c.value.push(v);
             c.open_until.push(k.open_until);
+            match cell {
+                Cell::Number(v) => {
+                    c.value.push(*v);
+                    c.sketch.push(None);
+                }
+                Cell::Sketch(bytes) => {
+                    let estimate = uniques::decode(bytes).map(uniques::estimate).unwrap_or(0.0);
+                    c.value.push(estimate.round() as i64);
+                    c.sketch.push(Some(bytes.clone()));
+                }
+            }
         }
         c
     }
 }
 
-impl Transaction<MetricKey, i64> for PgSink {
-    fn commit(&mut self, batch: &CommitBatch<MetricKey, i64>) -> Result<(), String> {
+impl Transaction<MetricKey, Cell> for PgSink {
+    fn commit(&mut self, batch: &CommitBatch<MetricKey, Cell>) -> Result<(), String> {
         let result = self.write(batch).map_err(|e| format!("{e:#}"));
         if result.is_err() {
             // A failed statement leaves the connection usable, but a dropped one must be rebuilt.

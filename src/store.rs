@@ -70,9 +70,50 @@ const ROLLUPS_COLUMNS: &str = r#"
     metric           text NOT NULL,
     value            bigint NOT NULL,
     open_until       timestamptz,
+    sketch           bytea,
     updated_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (site_id, generation, granularity, family, metric, dimension, dimension_value, bucket)
 "#;
+
+/// Conversions of rows written by older versions, in order.
+const MIGRATIONS: [(&str, &str); 2] = [
+    // Visitor sketches of totals were once the `uniques` family's `hll` rows.
+    (
+        "uniques_into_traffic",
+        "UPDATE rollups SET family = 'traffic', metric = 'visitors_hll', dimension = ''
+          WHERE family = 'uniques' AND metric = 'hll'",
+    ),
+    // A sketch was once one row per register: the register index after the row's value (the
+    // whole value of a total), the rank as the value. Now one row holds all of them, in the
+    // sparse form of `uniques::encode` (format 1, precision 12, then index and rank per
+    // register), its value the estimate of `uniques::estimate`.
+    (
+        "one_row_per_sketch",
+        r"CREATE TEMPORARY TABLE register_rows ON COMMIT DROP AS
+            SELECT generation, site_id, granularity, bucket, bucket_end, family, dimension, metric,
+                   regexp_replace(dimension_value, '(^|\x1f)[0-9]+$', '') AS parent,
+                   substring(dimension_value from '[0-9]+$')::int AS index,
+                   least(value, 255)::int AS rank, open_until
+              FROM rollups WHERE metric LIKE '%\_hll' AND sketch IS NULL AND value > 0
+                AND dimension_value ~ '(^|\x1f)[0-9]{1,4}$';
+          DELETE FROM rollups WHERE metric LIKE '%\_hll' AND sketch IS NULL;
+          INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension,
+                               dimension_value, metric, value, open_until, sketch)
+            SELECT generation, site_id, granularity, bucket, bucket_end, family, dimension, parent, metric,
+                   round(CASE WHEN raw <= 2.5 * 4096 AND zeros > 0 THEN 4096 * ln(4096.0 / zeros) ELSE raw END)::bigint,
+                   open_until, sketch
+              FROM (SELECT generation, site_id, granularity, bucket, bucket_end, family, dimension, parent, metric,
+                           max(open_until) AS open_until,
+                           4096 - count(*) AS zeros,
+                           0.7213 / (1 + 1.079 / 4096) * 4096.0 * 4096.0
+                             / (sum(power(2.0, -rank)) + 4096 - count(*)) AS raw,
+                           '\x010c'::bytea || string_agg(
+                               decode(lpad(to_hex(index), 4, '0') || lpad(to_hex(rank), 2, '0'), 'hex'),
+                               ''::bytea ORDER BY index) AS sketch
+                      FROM register_rows WHERE index < 4096
+                     GROUP BY generation, site_id, granularity, bucket, bucket_end, family, dimension, metric, parent) s;",
+    ),
+];
 
 /// How the rollups table is laid out on this server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,21 +175,21 @@ pub fn migrate(client: &mut Client) -> anyhow::Result<Layout> {
     }
     // Rows derived from visits stay open past their bucket's end (see MetricKey::open_until).
     client.batch_execute("ALTER TABLE rollups ADD COLUMN IF NOT EXISTS open_until timestamptz")?;
-    // Visitor sketches of totals were once the `uniques` family's `hll`/`register` rows; they
-    // are now traffic's `visitors_hll` rows, value still the register index. Sealed history is
-    // never rewritten, so it is renamed in place (a no-op once done).
-    // Recorded once done, so no start pays for the scan again.
+    // Distinct-count sketches (`*_hll` rows): one `bytea` per row (see uniques::encode).
+    client.batch_execute("ALTER TABLE rollups ADD COLUMN IF NOT EXISTS sketch bytea")?;
+    // Sealed history is never rewritten by the engine, so rows of an older layout are
+    // converted in place, each conversion once (recorded, so no start pays for the scan again).
     let mut tx = client.transaction()?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS migrations (name text PRIMARY KEY)")?;
-    let fresh = tx.execute(
-        "INSERT INTO migrations (name) VALUES ('uniques_into_traffic') ON CONFLICT DO NOTHING",
-        &[],
-    )?;
-    if fresh == 1 {
-        tx.batch_execute(
-            "UPDATE rollups SET family = 'traffic', metric = 'visitors_hll', dimension = ''
-              WHERE family = 'uniques' AND metric = 'hll'",
+    for (name, sql) in MIGRATIONS {
+        let fresh = tx.execute(
+            "INSERT INTO migrations (name) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&name],
         )?;
+        if fresh == 1 {
+            tx.batch_execute(sql)
+                .with_context(|| format!("migration {name}"))?;
+        }
     }
     tx.commit()?;
     client.batch_execute(

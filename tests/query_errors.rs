@@ -123,11 +123,12 @@ fn wrong_keys_and_bad_queries_are_refused_with_reasons() {
     assert_eq!(body["results"][0]["metrics"], json!([0, 0]));
 }
 
-/// A database written before visitor sketches moved from the `uniques` family to `traffic`'s
-/// `visitors_hll` rows: `migrate` renames the old rows in place, so multi-day visitor totals
-/// over sealed history keep their sketches.
+/// A database written by older versions: visitor sketches of totals under the `uniques`
+/// family, and every sketch stored one row per register. `migrate` converts them in place,
+/// once, into one `visitors_hll` row per sketch, so multi-day visitor totals over sealed
+/// history keep their sketches.
 #[test]
-fn sketches_of_the_former_uniques_family_become_traffic_rows() {
+fn sketches_stored_by_older_versions_become_one_row_each() {
     let scratch = tempfile::tempdir().unwrap();
     let db = fresh_database();
     let setup = Setup::new(
@@ -153,34 +154,65 @@ fn sketches_of_the_former_uniques_family_become_traffic_rows() {
             )
             .unwrap();
     }
-    // As the old database has it: no record of the migration, register rows under `uniques`.
+    // As an old database has it: no record of the migrations, register rows under
+    // `uniques`, and sketches stored one row per register (index after the value).
     client
         .batch_execute(
             "DELETE FROM migrations;
              INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family,
                                   dimension, dimension_value, metric, value)
              VALUES (1, 's1', 'day', '2025-01-02', '2025-01-03', 'uniques', 'register', '17', 'hll', 3),
-                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'traffic', '', '', 'visitors', 5)",
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'uniques', 'register', '4000', 'hll', 1),
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'traffic', '', '', 'visitors', 5),
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'pages', 'page', '404' || chr(31) || '5', 'visitors_hll', 2),
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'pages', 'page', '404' || chr(31) || '300', 'visitors_hll', 7),
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'pages', 'page', '/a' || chr(31) || '5', 'visitors_hll', 1)",
         )
         .unwrap();
     setup.run(&["migrate"]);
-    let rows: Vec<(String, String, String, String, i64)> = client
-        .query(
-            "SELECT family, metric, dimension, dimension_value, value FROM rollups ORDER BY metric",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-        .collect();
-    let row = |f: &str, m: &str, d: &str, v: &str, n: i64| {
-        (f.to_owned(), m.to_owned(), d.to_owned(), v.to_owned(), n)
+    type Stored = (String, String, String, i64, Option<Vec<(u16, u8)>>);
+    let read = |client: &mut postgres::Client| -> Vec<Stored> {
+        client
+            .query(
+                "SELECT family, metric, dimension_value, value, sketch FROM rollups
+                  ORDER BY family, metric, dimension_value",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let sketch: Option<Vec<u8>> = r.get(4);
+                let registers = sketch.map(|s| clickflow_dataflows::uniques::decode(&s).unwrap());
+                (r.get(0), r.get(1), r.get(2), r.get(3), registers)
+            })
+            .collect()
+    };
+    let rows = read(&mut client);
+    let row = |f: &str, m: &str, v: &str, n: i64, registers: Option<Vec<(u16, u8)>>| {
+        (f.to_owned(), m.to_owned(), v.to_owned(), n, registers)
     };
     assert_eq!(
         rows,
         vec![
-            row("traffic", "visitors", "", "", 5),
-            row("traffic", "visitors_hll", "", "17", 3),
+            row("pages", "visitors_hll", "/a", 1, Some(vec![(5, 1)])),
+            row(
+                "pages",
+                "visitors_hll",
+                "404",
+                2,
+                Some(vec![(5, 2), (300, 7)])
+            ),
+            row("traffic", "visitors", "", 5, None),
+            row(
+                "traffic",
+                "visitors_hll",
+                "",
+                2,
+                Some(vec![(17, 3), (4000, 1)])
+            ),
         ]
     );
+    // Each conversion runs once: a later start finds nothing to convert and changes nothing.
+    setup.run(&["migrate"]);
+    assert_eq!(read(&mut client), rows);
 }

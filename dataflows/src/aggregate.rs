@@ -16,7 +16,7 @@ use differential_dataflow::{ExchangeData, Hashable, VecCollection};
 
 use crate::metric::{visit_rows_open_until, Row, RowKey, VISIT_GRANULARITIES};
 use crate::symbol::Sym;
-use crate::uniques::PRECISION;
+use crate::uniques::{self, PRECISION};
 use crate::visits::Visit;
 
 /// How many records each key has: `count(*) GROUP BY key`.
@@ -101,9 +101,9 @@ where
 
 /// [`count_distinct_rows`] plus the HyperLogLog registers of the same visitors (see
 /// [`crate::uniques`]), so visitors of one key over several buckets can be estimated by
-/// merging registers. `sketch` names the sketch's row (metric `visitors_hll`); each register's
-/// row adds its index to the value. The registers are read off the exact set, at no cost in
-/// memory.
+/// merging registers. `sketch` names the sketch's row (metric `visitors_hll`), whose values
+/// are its registers ([`uniques::pack`]). The registers are read off the exact set, at no
+/// cost in memory.
 pub fn visitor_rows<'s, K, F, G>(
     pairs: VecCollection<'s, u64, (K, u64)>,
     visitors: F,
@@ -134,7 +134,7 @@ where
             Distinct::Count(n) => Some((visitors(k), n as i64)),
             Distinct::Register { index, rank } => sketch
                 .as_ref()
-                .map(|sketch| (sketch_key(sketch(k), index), rank as i64)),
+                .map(|sketch| (sketch(k), uniques::pack(index, rank))),
         })
 }
 
@@ -149,17 +149,6 @@ where
 {
     count_rows(pairs.explode(|(k, v)| Some((k, v as isize))), row)
 }
-
-/// The sketch row of register `index` for the row `key`: the index is the value's last part.
-pub fn sketch_key(mut key: RowKey, index: u16) -> RowKey {
-    if let Some(slot) = key.value.iter_mut().find(|p| p.is_none()) {
-        *slot = Sym::int(index as u32);
-    }
-    key
-}
-
-/// Appended to a distinct metric's name for its sketch rows.
-pub const SKETCH_SUFFIX: &str = "_hll";
 
 /// A breakdown of visits: for each bucket of a visit's start and each `(dimension, value)`
 /// that `dimensions` gives the visit, the rows `visits`, `visitors` (distinct, with its

@@ -1,10 +1,12 @@
 //! The shape every family's output takes: one row per (site, bucket, dimension, metric).
 
 use chrono_tz::Tz;
+use clickflow_operators::sink::RowModel;
 use clickflow_operators::time::{bucket_of, seal_time, Bucket, Granularity};
 use serde::{Deserialize, Serialize};
 
 use crate::symbol::{Dictionary, Sym};
+use crate::uniques;
 
 /// Joins the names of a multi-dimension breakdown (`goal,prop:plan`) and, with
 /// [`VALUE_SEPARATOR`], its values.
@@ -70,8 +72,46 @@ impl MetricKey {
     }
 }
 
-/// A row as the sink writes it: the current value of each metric row, in text.
+/// A row as the sink receives it: a value of a metric row, in text. Sketch rows (metrics
+/// ending in [`SKETCH_SUFFIX`]) have one value per non-zero register ([`uniques::pack`]); every
+/// other row has one value.
 pub type MetricRow = (MetricKey, i64);
+
+/// Appended to a distinct metric's name for its HyperLogLog sketch row.
+pub const SKETCH_SUFFIX: &str = "_hll";
+
+/// What a rollup row holds once written.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cell {
+    Number(i64),
+    /// All registers of a sketch row, [`uniques::encode`]d.
+    Sketch(Vec<u8>),
+}
+
+/// How the transactional sink reads rendered rows: each is bounded by its seal, and a sketch
+/// row's registers are written together as one value.
+#[derive(Clone, Copy, Debug)]
+pub struct Rollups {
+    pub seal_lateness_ms: u64,
+}
+
+impl RowModel<MetricKey, i64> for Rollups {
+    type Written = Cell;
+
+    fn bounds(&self, key: &MetricKey) -> (i64, u64) {
+        (key.bucket_start, key.seal_time(self.seal_lateness_ms))
+    }
+
+    fn written(&self, key: &MetricKey, values: &[(i64, isize)]) -> Option<Cell> {
+        let mut current = values.iter().filter(|(_, d)| *d > 0).map(|(v, _)| *v);
+        if key.metric.ends_with(SKETCH_SUFFIX) {
+            let registers: Vec<(u16, u8)> = current.filter_map(uniques::unpack).collect();
+            (!registers.is_empty()).then(|| Cell::Sketch(uniques::encode(registers)))
+        } else {
+            current.next().map(Cell::Number)
+        }
+    }
+}
 
 /// A metric row inside the dataflow: [`MetricKey`] with every text interned, so keys are
 /// plain integers to hash, compare and hold. The end of the pipeline renders it back.

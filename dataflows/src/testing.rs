@@ -15,7 +15,7 @@ use timely::dataflow::operators::ToStream;
 
 use crate::enrich::{Source, TextHit as Hit};
 use crate::event::{BotHit, Client, Erasure, Event, Record, Revenue};
-use crate::metric::MetricKey;
+use crate::metric::{Cell, MetricKey, Rollups};
 use crate::pipeline::metrics_with;
 use crate::registry::{Family, FAMILIES};
 
@@ -466,10 +466,10 @@ pub fn check_families_every_epoch(
         .map(|f| f.name)
         .collect::<Vec<_>>()
         .join(",");
-    let table: MemoryTable<MetricKey, i64> = MemoryTable::default();
+    let table: MemoryTable<MetricKey, Cell> = MemoryTable::default();
     let rows = table.0.clone();
     let owned = stream.to_vec();
-    let snapshot = move || -> BTreeMap<MetricKey, i64> { rows.lock().expect("table lock").clone() };
+    let snapshot = move || register_by_register(&rows.lock().expect("table lock"));
     // Rows the sink sealed, with the value they had then (absent rows stay absent).
     let mut frozen: BTreeMap<MetricKey, i64> = BTreeMap::new();
     let mut previous_frontier = 0u64;
@@ -507,7 +507,9 @@ pub fn check_families_every_epoch(
                 out,
                 progress,
                 SinkConfig::default(),
-                move |k: &MetricKey| (k.bucket_start, k.seal_time(lateness)),
+                Rollups {
+                    seal_lateness_ms: lateness,
+                },
                 table,
                 status_w.clone(),
             );
@@ -557,6 +559,29 @@ pub fn check_families_every_epoch(
             &format!("{family}, check {i} at frontier {now:?}"),
         );
     }
+}
+
+/// The table as oracles state it: a sketch row as one row per register, the register index
+/// appended to the row's value (after [`crate::metric::VALUE_SEPARATOR`]), its rank the value.
+pub fn register_by_register(table: &BTreeMap<MetricKey, Cell>) -> BTreeMap<MetricKey, i64> {
+    let mut out = BTreeMap::new();
+    for (k, cell) in table {
+        match cell {
+            Cell::Number(v) => {
+                out.insert(k.clone(), *v);
+            }
+            Cell::Sketch(bytes) => {
+                let registers = crate::uniques::decode(bytes).expect("a sketch the sink wrote");
+                assert!(!registers.is_empty(), "{k:?}: an empty sketch is no row");
+                for (index, rank) in registers {
+                    let mut row = k.clone();
+                    row.dimension_value = format!("{}\u{1f}{index}", k.dimension_value);
+                    out.insert(row, rank as i64);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Compares two tables and reports the first few differing rows instead of both tables.

@@ -88,13 +88,38 @@ pub struct SinkStatus {
     pub holding: AtomicU64,
 }
 
-/// Sinks `updates` through `target` on worker 0. `bounds(key)` gives the key's bucket start
-/// and its seal time: changes at or after the seal time are expiry retractions and are not
-/// written, so sealed rows stay as they are.
+/// How the sink reads the rows it is given.
+pub trait RowModel<K, V> {
+    /// What a row is written as.
+    type Written: Clone;
+    /// The key's bucket start and its seal time: changes at or after the seal time are expiry
+    /// retractions and are not written, so sealed rows stay as they are.
+    fn bounds(&self, key: &K) -> (Millis, u64);
+    /// What to write for a key whose values have these multiplicities (sorted by value, none
+    /// zero): most rows have one value of multiplicity 1 when consistent, a row may have
+    /// several (a sketch's registers). `None` deletes the row.
+    fn written(&self, key: &K, values: &[(V, isize)]) -> Option<Self::Written>;
+}
+
+/// Rows of one value each, bounded by a function of the key.
+pub struct OneValue<B>(pub B);
+
+impl<K, V: Clone, B: Fn(&K) -> (Millis, u64)> RowModel<K, V> for OneValue<B> {
+    type Written = V;
+    fn bounds(&self, key: &K) -> (Millis, u64) {
+        (self.0)(key)
+    }
+    fn written(&self, _key: &K, values: &[(V, isize)]) -> Option<V> {
+        values.iter().find(|(_, d)| *d > 0).map(|(v, _)| v.clone())
+    }
+}
+
+/// Sinks `updates` through `target` on worker 0; `rows` says how keys are bounded in time
+/// and what their values are written as.
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
-/// use clickflow_operators::sink::{transactional_sink, CommitBatch, SinkConfig, SinkStatus, Transaction};
+/// use clickflow_operators::sink::{transactional_sink, CommitBatch, OneValue, SinkConfig, SinkStatus, Transaction};
 /// use differential_dataflow::input::Input;
 /// use timely::dataflow::operators::ToStream;
 ///
@@ -110,25 +135,25 @@ pub struct SinkStatus {
 /// timely::example(move |scope| {
 ///     let counts = scope.new_collection_from(vec![("a".to_string(), 3i64)]).1;
 ///     let progress = vec![(0u32, 1u64)].to_stream(scope).container::<Vec<_>>();
-///     transactional_sink(counts, progress, SinkConfig::default(), |_k| (0, u64::MAX),
+///     transactional_sink(counts, progress, SinkConfig::default(), OneValue(|_k: &String| (0, u64::MAX)),
 ///         target, Arc::new(SinkStatus::default()));
 /// });
 /// let batches = written.lock().unwrap();
 /// assert_eq!(batches.last().unwrap().upserts, vec![("a".to_string(), 3)]);
 /// assert_eq!(batches.last().unwrap().progress, vec![(0, 1)]);
 /// ```
-pub fn transactional_sink<'scope, K, V, B, S>(
+pub fn transactional_sink<'scope, K, V, M, S>(
     updates: VecCollection<'scope, u64, (K, V), isize>,
     progress: Stream<'scope, u64, Vec<PartitionProgress>>,
     config: SinkConfig,
-    bounds: B,
+    rows: M,
     mut target: S,
     status: Arc<SinkStatus>,
 ) where
     K: timely::ExchangeData + Ord + Hash + Clone,
     V: timely::ExchangeData + Ord + Clone,
-    B: Fn(&K) -> (Millis, u64) + 'static,
-    S: Transaction<K, V> + 'static,
+    M: RowModel<K, V> + 'static,
+    S: Transaction<K, M::Written> + 'static,
 {
     let scope = updates.scope();
     let mut builder = OperatorBuilder::new("TransactionalSink".to_owned(), scope);
@@ -145,7 +170,7 @@ pub fn transactional_sink<'scope, K, V, B, S>(
     // final (in `dirty` until committed) and its entry is dropped.
     let mut sealing: BTreeMap<u64, Vec<K>> = BTreeMap::new();
     // Keys to write with the value they had at their last change before sealing.
-    let mut dirty: BTreeMap<K, Option<V>> = BTreeMap::new();
+    let mut dirty: BTreeMap<K, Option<M::Written>> = BTreeMap::new();
     let mut offsets: BTreeMap<u32, u64> = BTreeMap::new();
     let mut offsets_dirty = false;
     // The ingest time just past the latest record read: what a finished (bounded) run
@@ -184,8 +209,9 @@ pub fn transactional_sink<'scope, K, V, B, S>(
         let (mut ready, rest): (Vec<_>, Vec<_>) = pending.drain(..).partition(|u| complete(u.1));
         pending = rest;
         ready.sort_by_key(|u| u.1);
+        let mut touched: Vec<K> = Vec::new();
         for ((key, value), time, diff) in ready {
-            let (bucket_start, seal) = bounds(&key);
+            let (bucket_start, seal) = rows.bounds(&key);
             // At or after the seal time only expiry retractions arrive: the row as last
             // written (or about to be) is final.
             if bucket_start < config.write_from || time >= seal {
@@ -195,14 +221,25 @@ pub fn transactional_sink<'scope, K, V, B, S>(
                 sealing.entry(seal).or_default().push(key.clone());
                 Vec::new()
             });
-            match values.iter_mut().find(|(v, _)| *v == value) {
-                Some(entry) => entry.1 += diff,
-                None => values.push((value, diff)),
+            match values.binary_search_by(|(v, _)| v.cmp(&value)) {
+                Ok(at) => {
+                    values[at].1 += diff;
+                    if values[at].1 == 0 {
+                        values.remove(at);
+                    }
+                }
+                Err(at) => values.insert(at, (value, diff)),
             }
-            values.retain(|(_, d)| *d != 0);
             // An emptied entry stays until its seal: a change of value (retraction, then
             // insertion) must not enter the key in `sealing` again.
-            let now = current_value(values).cloned();
+            touched.push(key);
+        }
+        // Values are read once per round, after all of its changes, and before sealed keys
+        // leave `live`.
+        touched.sort_unstable();
+        touched.dedup();
+        for key in touched {
+            let now = live.get(&key).and_then(|values| rows.written(&key, values));
             dirty.insert(key, now);
         }
         let sealed_before = frontier.unwrap_or(u64::MAX);
@@ -300,8 +337,4 @@ pub fn transactional_sink<'scope, K, V, B, S>(
             !done_outer.get()
         }
     });
-}
-
-fn current_value<V>(values: &[(V, isize)]) -> Option<&V> {
-    values.iter().find(|(_, d)| *d > 0).map(|(v, _)| v)
 }
