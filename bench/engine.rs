@@ -81,7 +81,7 @@ fn run(workers: usize, total: usize, epoch_events: usize) -> (Duration, Vec<Dura
         let (index, peers) = (worker.index(), worker.peers());
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, events) = scope.new_collection::<Record, isize>();
-            let (probe, _) = pipeline::metrics(events, &Settings::default()).probe();
+            let (probe, _) = pipeline::metrics(events, &Settings::default()).rows.probe();
             (input, probe)
         });
         let base = 1_795_400_000_000i64;

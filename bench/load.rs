@@ -229,7 +229,7 @@ fn main() -> anyhow::Result<()> {
     let (rows, sketch_rows, bytes): (i64, i64, i64) = (stored.get(0), stored.get(1), stored.get(2));
     let per_event = |x: i64| x as f64 / (total.max(1)) as f64;
     println!(
-        "  postgres:   {rows} rollup rows ({sketch_rows} of them sketch registers), {:.2} rows/event, {} MiB table + indexes, {:.0} B/event",
+        "  postgres:   {rows} rollup rows ({sketch_rows} of them sketches), {:.2} rows/event, {} MiB table + indexes, {:.0} B/event",
         per_event(rows),
         bytes / (1 << 20),
         per_event(bytes)

@@ -4,24 +4,32 @@
 //!
 //!     cargo bench --bench soak -- [days] [events per day] [events per epoch]
 //!
-//! Prints, at the end of each simulated day, the day's throughput, the latency from closing
-//! an epoch to its rows being ready (p50, p99), the resident set (VmRSS), the peak so far
-//! (VmHWM), the events and visitor-days still open (their day not sealed) and RSS per open
-//! event. Flat RSS and latency from day 3 on is the target.
+//! Rows go through the transactional sink, as in the engine, into a table that keeps only a
+//! hash and a size per row (so the bench measures what the engine holds, not a copy of the
+//! table). Prints, at the end of each simulated day, the day's throughput, the latency from
+//! closing an epoch to its rows being ready (p50, p99), the resident set (VmRSS), the peak so
+//! far (VmHWM), the events and visitor-days still open (their day not sealed), RSS per open
+//! event, and the rows stored so far per event with their sketch bytes. Flat RSS and latency
+//! from day 3 on is the target.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use clickflow_operators::time::{bucket_of, parse_tz, Granularity};
+use clickflow_operators::time::parse_tz;
 
 use clickflow_dataflows::event::{Client, Revenue};
-use clickflow_dataflows::{pipeline, Event, Record, Settings};
+use clickflow_dataflows::metric::Cell;
+use clickflow_dataflows::{pipeline, Event, MetricKey, Record, Settings};
+use clickflow_operators::sink::{CommitBatch, SinkConfig, SinkStatus, Transaction};
 use differential_dataflow::input::Input;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use timely::dataflow::operators::ToStream;
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -33,11 +41,42 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn event(rng: &mut StdRng, i: u64, now: i64) -> Record {
-    let site = rng.random_range(0..100u32);
-    let visitor = rng
-        .random_range(0..20_000u64)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+/// What the rollups table would hold: per row (hash of its primary key), the bytes of its
+/// sketch (0 for a number).
+#[derive(Clone, Default)]
+struct TableSize(Arc<Mutex<HashMap<u64, usize>>>);
+
+impl Transaction<MetricKey, Cell> for TableSize {
+    fn commit(&mut self, batch: &CommitBatch<MetricKey, Cell>) -> Result<(), String> {
+        let id = |k: &MetricKey| {
+            let mut h = std::hash::DefaultHasher::new();
+            (&k.site, k.granularity, k.bucket_start, &k.family).hash(&mut h);
+            (&k.dimension, &k.dimension_value, &k.metric).hash(&mut h);
+            h.finish()
+        };
+        let mut table = self.0.lock().map_err(|e| e.to_string())?;
+        for k in &batch.deletes {
+            table.remove(&id(k));
+        }
+        for (k, cell) in &batch.upserts {
+            let bytes = match cell {
+                Cell::Number(_) => 0,
+                Cell::Sketch(b) => b.len(),
+            };
+            table.insert(id(k), bytes);
+        }
+        Ok(())
+    }
+}
+
+const SITES: u32 = 100;
+const VISITORS: u64 = 20_000;
+
+/// An event, with its site and visitor numbers (for counting open visitor-days).
+fn event(rng: &mut StdRng, i: u64, now: i64) -> (Record, u32, u64) {
+    let site = rng.random_range(0..SITES);
+    let visitor_number = rng.random_range(0..VISITORS);
+    let visitor = visitor_number.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let kind = rng.random_range(0..100);
     let (name, revenue) = match kind {
         0..75 => ("pageview", None),
@@ -50,7 +89,7 @@ fn event(rng: &mut StdRng, i: u64, now: i64) -> Record {
             }),
         ),
     };
-    Record::Event(Event {
+    let record = Record::Event(Event {
         site: format!("site{site}"),
         event_id: format!("e{i}"),
         name: name.into(),
@@ -81,7 +120,8 @@ fn event(rng: &mut StdRng, i: u64, now: i64) -> Record {
         },
         client: Client::default(),
         country: ["FR", "US", "DE"][rng.random_range(0..3)].into(),
-    })
+    });
+    (record, site, visitor_number)
 }
 
 fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
@@ -103,18 +143,31 @@ fn main() {
     println!(
         "soak: {days} simulated days × {per_day} events/day, {epoch_events}-event epochs, {families}, 1 worker"
     );
-    println!("  day  events/s  epoch p50 ms  p99 ms  VmRSS MiB  VmHWM MiB  open events  open visitor-days  RSS B/open event");
+    println!("  day  events/s  epoch p50 ms  p99 ms  VmRSS MiB  VmHWM MiB  open events  open visitor-days  RSS B/open event  rows/event  sketch B/event");
+    let table = TableSize::default();
+    let rows_stored = table.0.clone();
     timely::execute_directly(move |worker| {
         let settings = Settings::default();
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_collection::<Record, isize>();
             // SOAK_FAMILIES=traffic,sessions limits the run to those families (diagnosis).
             let only = std::env::var("SOAK_FAMILIES").ok();
-            let rows = pipeline::metrics_of(records, &settings, |f| {
+            let mut rollup = pipeline::metrics_of(records, &settings, |f| {
                 only.as_deref()
                     .is_none_or(|o| o.split(',').any(|n| n == f.name))
             });
-            let (probe, _) = rows.probe();
+            let probe;
+            (probe, rollup.rows) = rollup.rows.probe();
+            let progress = Vec::<(u32, u64)>::new()
+                .to_stream(scope)
+                .container::<Vec<_>>();
+            rollup.sink(
+                progress,
+                SinkConfig::default(),
+                &settings,
+                table,
+                Arc::new(SinkStatus::default()),
+            );
             (input, probe)
         });
         let mut rng = StdRng::seed_from_u64(1);
@@ -123,23 +176,25 @@ fn main() {
         let mut i = 0u64;
         // What the engine must hold: events (and visitor-days) whose day has not sealed.
         let mut open_events: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut open_visitor_days: BTreeMap<u64, HashSet<(String, u64, i64)>> = BTreeMap::new();
+        // One bit per (site, visitor) per sealing day and zone.
+        let mut open_visitor_days: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        let bits = (SITES as u64 * VISITORS) as usize;
         for day in 0..days {
             let began = Instant::now();
             let mut latencies = Vec::new();
             for k in 0..per_day {
                 let now = start_ms + (day * per_day + k) as i64 * step;
-                let record = event(&mut rng, i, now);
+                let (record, site, visitor) = event(&mut rng, i, now);
                 if let Record::Event(e) = &record {
                     let tz = parse_tz(&e.tz);
                     let seal = pipeline::day_seal_time(e.ts, tz, &settings);
                     *open_events.entry(seal).or_default() += 1;
-                    let day_end = bucket_of(e.ts, Granularity::Day, tz).end;
-                    open_visitor_days.entry(seal).or_default().insert((
-                        e.site.clone(),
-                        e.visitor,
-                        day_end,
-                    ));
+                    // Sites of one zone share seal times, so a seal names a day of each site.
+                    let seen = open_visitor_days
+                        .entry(seal)
+                        .or_insert_with(|| vec![0; bits.div_ceil(64)]);
+                    let bit = site as usize * VISITORS as usize + visitor as usize;
+                    seen[bit / 64] |= 1 << (bit % 64);
                 }
                 input.insert(record);
                 i += 1;
@@ -159,11 +214,20 @@ fn main() {
             open_events = open_events.split_off(&now);
             open_visitor_days = open_visitor_days.split_off(&now);
             let open: u64 = open_events.values().sum();
-            let visitor_days: usize = open_visitor_days.values().map(HashSet::len).sum();
+            let visitor_days: u64 = open_visitor_days
+                .values()
+                .flatten()
+                .map(|w| w.count_ones() as u64)
+                .sum();
+            let (rows, sketch_bytes) = {
+                let t = rows_stored.lock().expect("table");
+                (t.len(), t.values().sum::<usize>())
+            };
             latencies.sort();
             let rss = status_kib("VmRSS:");
+            let events = ((day + 1) * per_day) as f64;
             println!(
-                "  {:>3}  {:>8.0}  {:>12.1}  {:>6.1}  {:>9.1}  {:>9.1}  {:>11}  {:>17}  {:>16.0}",
+                "  {:>3}  {:>8.0}  {:>12.1}  {:>6.1}  {:>9.1}  {:>9.1}  {:>11}  {:>17}  {:>16.0}  {:>10.4}  {:>14.1}",
                 day + 1,
                 rate,
                 percentile_ms(&latencies, 0.5),
@@ -173,6 +237,8 @@ fn main() {
                 open,
                 visitor_days,
                 (rss * 1024) as f64 / open.max(1) as f64,
+                rows as f64 / events,
+                sketch_bytes as f64 / events,
             );
         }
     });

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clickflow_dataflows::metric::Rollups;
 use clickflow_dataflows::{pipeline, Record};
-use clickflow_operators::sink::{transactional_sink, SinkConfig, SinkStatus};
+use clickflow_operators::sink::{SinkConfig, SinkStatus};
 use clickflow_operators::source::{log_source, LogRecord, PartitionReader, SourceConfig};
 use differential_dataflow::AsCollection;
 use postgres::Client;
@@ -260,14 +259,10 @@ pub fn run(
                 RecordReader { inner: reader }
             });
             let events = events.concat(preloaded.to_stream(scope).as_collection());
-            let rows = pipeline::metrics(events, &settings);
-            transactional_sink(
-                rows,
+            pipeline::metrics(events, &settings).sink(
                 progress,
                 sink_config,
-                Rollups {
-                    seal_lateness_ms: lateness,
-                },
+                &settings,
                 sink,
                 status,
             );

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clickflow_dataflows::event::Erasure;
-use clickflow_dataflows::metric::{Cell, Rollups};
+use clickflow_dataflows::metric::Cell;
 use clickflow_dataflows::pipeline::metrics;
 use clickflow_dataflows::{MetricKey, Record};
-use clickflow_operators::sink::{transactional_sink, MemoryTable, SinkConfig, SinkStatus};
+use clickflow_operators::sink::{MemoryTable, SinkConfig, SinkStatus};
 use clickflow_operators::time::{bucket_of, epoch_of, parse_tz, Granularity};
 use differential_dataflow::input::Input;
 use postgres::GenericClient;
@@ -262,20 +262,16 @@ fn run_pipeline(
     let target: MemoryTable<MetricKey, Cell> = MemoryTable::default();
     let rows = target.0.clone();
     let settings = settings.clone();
-    let lateness = settings.seal_lateness_ms;
     timely::execute_directly(move |worker| {
         let mut session = worker.dataflow::<u64, _, _>(|scope| {
             let (session, records) = scope.new_collection::<Record, isize>();
             let progress = Vec::<(u32, u64)>::new()
                 .to_stream(scope)
                 .container::<Vec<_>>();
-            transactional_sink(
-                metrics(records, &settings),
+            metrics(records, &settings).sink(
                 progress,
                 SinkConfig::default(),
-                Rollups {
-                    seal_lateness_ms: lateness,
-                },
+                &settings,
                 target,
                 Arc::new(SinkStatus::default()),
             );

@@ -32,5 +32,5 @@ pub mod uniques;
 
 pub use event::{Event, Record};
 pub use hit::Hit;
-pub use metric::{MetricKey, MetricRow, Row, RowKey};
+pub use metric::{MetricKey, Row, RowKey};
 pub use settings::Settings;

@@ -72,11 +72,6 @@ impl MetricKey {
     }
 }
 
-/// A row as the sink receives it: a value of a metric row, in text. Sketch rows (metrics
-/// ending in [`SKETCH_SUFFIX`]) have one value per non-zero register ([`uniques::pack`]); every
-/// other row has one value.
-pub type MetricRow = (MetricKey, i64);
-
 /// Appended to a distinct metric's name for its HyperLogLog sketch row.
 pub const SKETCH_SUFFIX: &str = "_hll";
 
@@ -88,23 +83,25 @@ pub enum Cell {
     Sketch(Vec<u8>),
 }
 
-/// How the transactional sink reads rendered rows: each is bounded by its seal, and a sketch
-/// row's registers are written together as one value.
-#[derive(Clone, Copy, Debug)]
+/// How the transactional sink reads rows: each is bounded by its seal, and a sketch row's
+/// registers are written together as one value.
+#[derive(Clone, Debug)]
 pub struct Rollups {
     pub seal_lateness_ms: u64,
+    /// Metrics whose rows are sketches.
+    pub sketches: Vec<Sym>,
 }
 
-impl RowModel<MetricKey, i64> for Rollups {
+impl RowModel<RowKey, i64> for Rollups {
     type Written = Cell;
 
-    fn bounds(&self, key: &MetricKey) -> (i64, u64) {
-        (key.bucket_start, key.seal_time(self.seal_lateness_ms))
+    fn bounds(&self, key: &RowKey) -> (i64, u64) {
+        (key.bucket.start, key.seal_time(self.seal_lateness_ms))
     }
 
-    fn written(&self, key: &MetricKey, values: &[(i64, isize)]) -> Option<Cell> {
+    fn written(&self, key: &RowKey, values: &[(i64, isize)]) -> Option<Cell> {
         let mut current = values.iter().filter(|(_, d)| *d > 0).map(|(v, _)| *v);
-        if key.metric.ends_with(SKETCH_SUFFIX) {
+        if self.sketches.contains(&key.metric) {
             let registers: Vec<(u16, u8)> = current.filter_map(uniques::unpack).collect();
             (!registers.is_empty()).then(|| Cell::Sketch(uniques::encode(registers)))
         } else {
@@ -128,7 +125,8 @@ pub struct RowKey {
     pub open_until: i64,
 }
 
-/// A family's output: the current value of each metric row.
+/// A family's output: the current value of each metric row. Sketch rows (metrics ending in
+/// [`SKETCH_SUFFIX`]) have one value per non-zero register ([`uniques::pack`]).
 pub type Row = (RowKey, i64);
 
 impl RowKey {

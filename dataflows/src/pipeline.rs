@@ -1,12 +1,18 @@
 //! The stages every family shares: expiry of sealed state, erasure, deduplication by event
 //! id, enrichment and sessionization. Families read the result as [`Inputs`].
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use chrono_tz::Tz;
 use clickflow_operators::dedupe::FirstOfKey;
 use clickflow_operators::expiry::Expire;
 use clickflow_operators::forget::ExpireOrForget;
+use clickflow_operators::sink::{
+    transactional_sink, CommitBatch, SinkConfig, SinkStatus, Transaction,
+};
+use clickflow_operators::source::PartitionProgress;
 use clickflow_operators::stash::Stash;
 use clickflow_operators::time::{bucket_of, seal_time, Granularity};
 use differential_dataflow::collection::concatenate;
@@ -14,10 +20,11 @@ use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Filter;
+use timely::dataflow::Stream;
 
 use crate::event::Record;
 use crate::hit::{Bot, Hit};
-use crate::metric::{visit_rows_open_until, MetricRow, Row};
+use crate::metric::{visit_rows_open_until, Cell, MetricKey, Rollups, Row, RowKey, SKETCH_SUFFIX};
 use crate::registry::{Family, FAMILIES};
 use crate::settings::Settings;
 use crate::symbol::{Dictionary, Interner, Sym};
@@ -169,12 +176,40 @@ pub fn prepare<'s>(
     (inputs, words)
 }
 
-/// Everything downstream of the source: the shared stages, every registered family, and the
-/// rendering of rows back to text.
-pub fn metrics<'s>(
-    records: VecCollection<'s, u64, Record>,
-    settings: &Settings,
-) -> VecCollection<'s, u64, MetricRow> {
+/// Every family's rows on worker 0, the sink's worker, each released once its time is
+/// complete on the words too, and the dictionary that renders them: the sink holds the
+/// interned rows (a few integers each) and renders only what it writes.
+pub struct Rollup<'s> {
+    pub rows: VecCollection<'s, u64, Row>,
+    pub dictionary: Rc<RefCell<Dictionary>>,
+    /// Metrics whose rows are sketches (names ending in [`SKETCH_SUFFIX`]).
+    pub sketches: Vec<Sym>,
+}
+
+impl<'s> Rollup<'s> {
+    /// Sinks the rows through [`transactional_sink`], rendered to text for `target`.
+    pub fn sink<T: Transaction<MetricKey, Cell> + 'static>(
+        self,
+        progress: Stream<'s, u64, Vec<PartitionProgress>>,
+        config: SinkConfig,
+        settings: &Settings,
+        target: T,
+        status: Arc<SinkStatus>,
+    ) {
+        let model = Rollups {
+            seal_lateness_ms: settings.seal_lateness_ms,
+            sketches: self.sketches,
+        };
+        let target = Rendering {
+            dictionary: self.dictionary,
+            inner: target,
+        };
+        transactional_sink(self.rows, progress, config, model, target, status);
+    }
+}
+
+/// Everything downstream of the source: the shared stages and every registered family.
+pub fn metrics<'s>(records: VecCollection<'s, u64, Record>, settings: &Settings) -> Rollup<'s> {
     metrics_of(records, settings, |_| true)
 }
 
@@ -184,7 +219,7 @@ pub fn metrics_of<'s>(
     records: VecCollection<'s, u64, Record>,
     settings: &Settings,
     include: impl Fn(&Family) -> bool,
-) -> VecCollection<'s, u64, MetricRow> {
+) -> Rollup<'s> {
     let families = FAMILIES.iter().filter(|f| include(f)).collect();
     metrics_with(records, settings, families)
 }
@@ -194,7 +229,7 @@ pub fn metrics_with<'s>(
     records: VecCollection<'s, u64, Record>,
     settings: &Settings,
     families: Vec<&'static Family>,
-) -> VecCollection<'s, u64, MetricRow> {
+) -> Rollup<'s> {
     let scope = records.scope();
     let (inputs, words) = prepare(records, settings);
     let rows = concatenate(
@@ -204,14 +239,25 @@ pub fn metrics_with<'s>(
             .map(|family| (family.build)(&inputs, settings)),
     );
     // A row's changes from its seal on are the retractions of its state's expiry, which the
-    // sink ignores (the row is final): drop them here rather than render them, all of a day's
-    // rows at once, to text.
+    // sink ignores (the row is final): drop them here rather than ship them, all of a day's
+    // rows at once, to the sink.
     let lateness = settings.seal_lateness_ms;
     let open = rows
         .inner
         .filter(move |((key, _), time, _)| *time < key.seal_time(lateness))
         .as_collection();
-    render(open, words, fixed_words(&families))
+    let dictionary = Rc::new(RefCell::new(fixed_words(&families)));
+    let sketches = families
+        .iter()
+        .flat_map(|f| f.metrics.iter())
+        .filter(|m| m.ends_with(SKETCH_SUFFIX))
+        .map(|m| Sym::of(m))
+        .collect();
+    Rollup {
+        rows: with_words(open, words, dictionary.clone()),
+        dictionary,
+        sketches,
+    }
 }
 
 /// The words families may use without announcing them: names, metrics and dimensions.
@@ -227,24 +273,24 @@ fn fixed_words(families: &[&'static Family]) -> Dictionary {
     Dictionary::with(fixed)
 }
 
-/// Turns interned rows back into text on worker 0 (the sink's worker): a row waits until its
-/// time is complete on both inputs, by which time every word it uses has arrived.
-fn render<'s>(
+/// Brings rows to worker 0 (the sink's worker) and learns their words: a row waits until its
+/// time is complete on both inputs, by which time every word it uses is in `dictionary`.
+fn with_words<'s>(
     rows: VecCollection<'s, u64, Row>,
     words: VecCollection<'s, u64, (Sym, String)>,
-    fixed: Dictionary,
-) -> VecCollection<'s, u64, MetricRow> {
+    dictionary: Rc<RefCell<Dictionary>>,
+) -> VecCollection<'s, u64, Row> {
     rows.inner
         .binary_frontier(
             words.inner,
             Exchange::new(|_: &(Row, u64, isize)| 0),
             Exchange::new(|_: &((Sym, String), u64, isize)| 0),
-            "Render",
+            "Words",
             |_cap, _info| {
-                let mut dictionary = fixed;
                 let mut waiting: Stash<(Row, isize)> = Stash::default();
                 move |(rows_in, rows_frontier), (words_in, words_frontier), output| {
                     words_in.for_each(|_cap, data| {
+                        let mut dictionary = dictionary.borrow_mut();
                         for ((sym, text), _, _) in data.drain(..) {
                             dictionary.insert(sym, &text);
                         }
@@ -258,16 +304,44 @@ fn render<'s>(
                         |t: u64| !rows_frontier.less_equal(&t) && !words_frontier.less_equal(&t);
                     while let Some((time, cap, rows)) = waiting.pop_complete(complete) {
                         let mut session = output.session(&cap);
-                        for ((key, value), diff) in rows {
-                            let (text, known) = key.render(&dictionary);
-                            if !known {
-                                tracing::error!(row = ?text, "a row names a word never announced");
-                            }
-                            session.give(((text, value), time, diff));
+                        for (row, diff) in rows {
+                            session.give((row, time, diff));
                         }
                     }
                 }
             },
         )
         .as_collection()
+}
+
+/// Renders the batches of interned rows the sink commits into text for `inner`.
+struct Rendering<T> {
+    dictionary: Rc<RefCell<Dictionary>>,
+    inner: T,
+}
+
+impl<T: Transaction<MetricKey, Cell>> Transaction<RowKey, Cell> for Rendering<T> {
+    fn commit(&mut self, batch: &CommitBatch<RowKey, Cell>) -> Result<(), String> {
+        let dictionary = self.dictionary.borrow();
+        let render = |key: &RowKey| {
+            let (text, known) = key.render(&dictionary);
+            if !known {
+                tracing::error!(row = ?text, "a row names a word never announced");
+            }
+            text
+        };
+        let rendered = CommitBatch {
+            upserts: batch
+                .upserts
+                .iter()
+                .map(|(k, v)| (render(k), v.clone()))
+                .collect(),
+            deletes: batch.deletes.iter().map(render).collect(),
+            progress: batch.progress.clone(),
+            frontier: batch.frontier,
+            replace_from: batch.replace_from,
+        };
+        drop(dictionary);
+        self.inner.commit(&rendered)
+    }
 }

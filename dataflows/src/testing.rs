@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use clickflow_operators::sink::{transactional_sink, MemoryTable, SinkConfig, SinkStatus};
+use clickflow_operators::sink::{MemoryTable, SinkConfig, SinkStatus};
 use clickflow_operators::time::{bucket_of, epoch_of, parse_tz, Granularity};
 use differential_dataflow::input::Input;
 use rand::rngs::StdRng;
@@ -15,7 +15,7 @@ use timely::dataflow::operators::ToStream;
 
 use crate::enrich::{Source, TextHit as Hit};
 use crate::event::{BotHit, Client, Erasure, Event, Record, Revenue};
-use crate::metric::{Cell, MetricKey, Rollups};
+use crate::metric::{Cell, MetricKey};
 use crate::pipeline::metrics_with;
 use crate::registry::{Family, FAMILIES};
 
@@ -498,18 +498,16 @@ pub fn check_families_every_epoch(
     timely::execute_directly(move |worker| {
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_collection::<Record, isize>();
-            let out = metrics_with(records, &settings, families);
+            let mut out = metrics_with(records, &settings, families);
             let progress = Vec::<(u32, u64)>::new()
                 .to_stream(scope)
                 .container::<Vec<_>>();
-            let (probe, out) = out.probe();
-            transactional_sink(
-                out,
+            let probe;
+            (probe, out.rows) = out.rows.probe();
+            out.sink(
                 progress,
                 SinkConfig::default(),
-                Rollups {
-                    seal_lateness_ms: lateness,
-                },
+                &settings,
                 table,
                 status_w.clone(),
             );

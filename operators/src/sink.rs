@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use differential_dataflow::VecCollection;
+use smallvec::SmallVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::Stream;
@@ -164,8 +165,9 @@ pub fn transactional_sink<'scope, K, V, M, S>(
 
     let mut pending: Vec<((K, V), u64, isize)> = Vec::new();
     let mut pending_progress: Vec<(u64, PartitionProgress)> = Vec::new();
-    // Accumulated value multiplicities of every live key; one value with +1 when consistent.
-    let mut live: HashMap<K, Vec<(V, isize)>> = HashMap::new();
+    // Accumulated value multiplicities of every live key, sorted by value: most keys hold
+    // one value (two while it changes), inline.
+    let mut live: HashMap<K, SmallVec<[(V, isize); 2]>> = HashMap::new();
     // Live keys by seal time: once every change before its seal is applied, a key's value is
     // final (in `dirty` until committed) and its entry is dropped.
     let mut sealing: BTreeMap<u64, Vec<K>> = BTreeMap::new();
@@ -219,7 +221,7 @@ pub fn transactional_sink<'scope, K, V, M, S>(
             }
             let values = live.entry(key.clone()).or_insert_with(|| {
                 sealing.entry(seal).or_default().push(key.clone());
-                Vec::new()
+                SmallVec::new()
             });
             match values.binary_search_by(|(v, _)| v.cmp(&value)) {
                 Ok(at) => {
