@@ -221,7 +221,7 @@ fn main() -> anyhow::Result<()> {
     // What the rollups cost in Postgres (partitions or chunks are the parent's children).
     let stored = client.query_one(
         "SELECT (SELECT count(*) FROM rollups),
-                (SELECT count(*) FROM rollups WHERE metric LIKE '%\\_hll' ESCAPE '\\'),
+                (SELECT count(*) FROM rollups WHERE sketch IS NOT NULL),
                 pg_total_relation_size('rollups') + coalesce((SELECT sum(pg_total_relation_size(inhrelid))
                    FROM pg_inherits WHERE inhparent = 'rollups'::regclass), 0)::bigint",
         &[],
@@ -229,7 +229,7 @@ fn main() -> anyhow::Result<()> {
     let (rows, sketch_rows, bytes): (i64, i64, i64) = (stored.get(0), stored.get(1), stored.get(2));
     let per_event = |x: i64| x as f64 / (total.max(1)) as f64;
     println!(
-        "  postgres:   {rows} rollup rows ({sketch_rows} of them sketches), {:.2} rows/event, {} MiB table + indexes, {:.0} B/event",
+        "  postgres:   {rows} rollup rows ({sketch_rows} with a sketch), {:.2} rows/event, {} MiB table + indexes, {:.0} B/event",
         per_event(rows),
         bytes / (1 << 20),
         per_event(bytes)

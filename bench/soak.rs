@@ -15,59 +15,19 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use clickflow_operators::time::parse_tz;
 
 use clickflow_dataflows::event::{Client, Revenue};
-use clickflow_dataflows::metric::Cell;
-use clickflow_dataflows::{pipeline, Event, MetricKey, Record, Settings};
-use clickflow_operators::sink::{CommitBatch, SinkConfig, SinkStatus, Transaction};
+use clickflow_dataflows::{pipeline, Event, Record, Settings};
+use common::{probe_and_sink, status_kib, TableSize};
 use differential_dataflow::input::Input;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use timely::dataflow::operators::ToStream;
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// What the rollups table would hold: per row (hash of its primary key), the bytes of its
-/// sketch (0 for a number).
-#[derive(Clone, Default)]
-struct TableSize(Arc<Mutex<HashMap<u64, usize>>>);
-
-impl Transaction<MetricKey, Cell> for TableSize {
-    fn commit(&mut self, batch: &CommitBatch<MetricKey, Cell>) -> Result<(), String> {
-        let id = |k: &MetricKey| {
-            let mut h = std::hash::DefaultHasher::new();
-            (&k.site, k.granularity, k.bucket_start, &k.family).hash(&mut h);
-            (&k.dimension, &k.dimension_value, &k.metric).hash(&mut h);
-            h.finish()
-        };
-        let mut table = self.0.lock().map_err(|e| e.to_string())?;
-        for k in &batch.deletes {
-            table.remove(&id(k));
-        }
-        for (k, cell) in &batch.upserts {
-            let bytes = match cell {
-                Cell::Number(_) => 0,
-                Cell::Sketch(b) => b.len(),
-            };
-            table.insert(id(k), bytes);
-        }
-        Ok(())
-    }
-}
 
 const SITES: u32 = 100;
 const VISITORS: u64 = 20_000;
@@ -145,29 +105,18 @@ fn main() {
     );
     println!("  day  events/s  epoch p50 ms  p99 ms  VmRSS MiB  VmHWM MiB  open events  open visitor-days  RSS B/open event  rows/event  sketch B/event");
     let table = TableSize::default();
-    let rows_stored = table.0.clone();
+    let stored = table.clone();
     timely::execute_directly(move |worker| {
         let settings = Settings::default();
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_collection::<Record, isize>();
             // SOAK_FAMILIES=traffic,sessions limits the run to those families (diagnosis).
             let only = std::env::var("SOAK_FAMILIES").ok();
-            let mut rollup = pipeline::metrics_of(records, &settings, |f| {
+            let rollup = pipeline::metrics_of(records, &settings, |f| {
                 only.as_deref()
                     .is_none_or(|o| o.split(',').any(|n| n == f.name))
             });
-            let probe;
-            (probe, rollup.rows) = rollup.rows.probe();
-            let progress = Vec::<(u32, u64)>::new()
-                .to_stream(scope)
-                .container::<Vec<_>>();
-            rollup.sink(
-                progress,
-                SinkConfig::default(),
-                &settings,
-                table,
-                Arc::new(SinkStatus::default()),
-            );
+            let probe = probe_and_sink(rollup, table);
             (input, probe)
         });
         let mut rng = StdRng::seed_from_u64(1);
@@ -219,10 +168,7 @@ fn main() {
                 .flatten()
                 .map(|w| w.count_ones() as u64)
                 .sum();
-            let (rows, sketch_bytes) = {
-                let t = rows_stored.lock().expect("table");
-                (t.len(), t.values().sum::<usize>())
-            };
+            let (rows, sketch_bytes) = stored.size();
             latencies.sort();
             let rss = status_kib("VmRSS:");
             let events = ((day + 1) * per_day) as f64;

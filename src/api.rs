@@ -261,9 +261,10 @@ impl Api {
             let metrics: Vec<String> = pairs.iter().map(|p| p.1.to_owned()).collect();
             let rows = client
                 .query(
-                    "SELECT (extract(epoch FROM r.bucket) * 1000)::bigint, r.family, r.metric, r.dimension_value, r.value
+                    "SELECT (extract(epoch FROM r.bucket) * 1000)::bigint, r.family, w.metric, r.dimension_value,
+                            (r.metrics ->> w.metric)::bigint
                        FROM rollups r JOIN unnest($4::text[], $5::text[]) AS w(family, metric)
-                         ON r.family = w.family AND r.metric = w.metric
+                         ON r.family = w.family AND r.metrics ? w.metric
                       WHERE site_id = $1 AND generation = $2 AND granularity = $3 AND dimension = $6
                         AND bucket >= to_timestamp($7::bigint / 1000.0) AND bucket < to_timestamp($8::bigint / 1000.0)",
                     &[&q.site_id, &generation, &granularity.as_str(), &families, &metrics, group, &first, &to],
@@ -354,14 +355,14 @@ impl Api {
             buckets.len() > 1,
             granularity == Granularity::Minute,
         ) {
-            let (metric, dimension) = ("visitors_hll", shape.breakdown.as_str());
+            let dimension = shape.breakdown.as_str();
             let rows = client
                 .query(
                     "SELECT dimension_value, sketch FROM rollups
                       WHERE site_id = $1 AND generation = $2 AND granularity = $3 AND family = $4
-                        AND metric = $5 AND dimension = $6 AND sketch IS NOT NULL
-                        AND bucket >= to_timestamp($7::bigint / 1000.0) AND bucket < to_timestamp($8::bigint / 1000.0)",
-                    &[&q.site_id, &generation, &granularity.as_str(), &family, &metric, &dimension, &first, &to],
+                        AND dimension = $5 AND sketch IS NOT NULL
+                        AND bucket >= to_timestamp($6::bigint / 1000.0) AND bucket < to_timestamp($7::bigint / 1000.0)",
+                    &[&q.site_id, &generation, &granularity.as_str(), &family, &dimension, &first, &to],
                 )
                 .await
                 .map_err(ApiError::unavailable)?;
@@ -591,8 +592,8 @@ impl Api {
             .get(0);
         let current: i64 = client
             .query_opt(
-                "SELECT value FROM rollups WHERE site_id = $1 AND generation = $2 AND family = 'realtime'
-                   AND metric = 'current_visitors' AND granularity = 'minute'
+                "SELECT coalesce((metrics ->> 'current_visitors')::bigint, 0) FROM rollups
+                  WHERE site_id = $1 AND generation = $2 AND family = 'realtime' AND granularity = 'minute'
                    AND bucket = to_timestamp($3::bigint / 1000.0)",
                 &[&site_id, &generation, &clickflow_dataflows::realtime::NOW.start],
             )
@@ -605,8 +606,8 @@ impl Api {
         let first = last - 29 * 60_000;
         let rows = client
             .query(
-                "SELECT (extract(epoch FROM bucket) * 1000)::bigint, value FROM rollups
-                  WHERE site_id = $1 AND generation = $2 AND family = 'traffic' AND metric = 'pageviews'
+                "SELECT (extract(epoch FROM bucket) * 1000)::bigint, coalesce((metrics ->> 'pageviews')::bigint, 0) FROM rollups
+                  WHERE site_id = $1 AND generation = $2 AND family = 'traffic'
                     AND granularity = 'minute' AND dimension = ''
                     AND bucket >= to_timestamp($3::bigint / 1000.0) AND bucket <= to_timestamp($4::bigint / 1000.0)",
                 &[&site_id, &generation, &first, &last],

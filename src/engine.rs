@@ -86,8 +86,8 @@ pub fn plan_replay(client: &mut Client, log: &dyn Log, from_ms: i64) -> anyhow::
         &[&generation, &aligned],
     )?;
     tx.execute(
-        "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value, open_until)
-         SELECT $1, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value, open_until
+        "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metrics, sketch, open_until)
+         SELECT $1, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metrics, sketch, open_until
            FROM rollups WHERE generation = $2 AND bucket < to_timestamp($3::bigint / 1000.0)",
         &[&generation, &old, &aligned],
     )?;
@@ -259,13 +259,7 @@ pub fn run(
                 RecordReader { inner: reader }
             });
             let events = events.concat(preloaded.to_stream(scope).as_collection());
-            pipeline::metrics(events, &settings).sink(
-                progress,
-                sink_config,
-                &settings,
-                sink,
-                status,
-            );
+            pipeline::metrics(events, &settings).sink(progress, sink_config, sink, status);
         });
         while worker.step_or_park(Some(Duration::from_millis(50))) {
             if retired_w.load(Ordering::SeqCst) {

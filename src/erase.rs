@@ -271,7 +271,6 @@ fn run_pipeline(
             metrics(records, &settings).sink(
                 progress,
                 SinkConfig::default(),
-                &settings,
                 target,
                 Arc::new(SinkStatus::default()),
             );

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clickflow_dataflows::metric::Cell;
-use clickflow_dataflows::{uniques, MetricKey};
+use clickflow_dataflows::MetricKey;
 use clickflow_operators::sink::{CommitBatch, Transaction};
 use postgres::{Client, GenericClient};
 
@@ -96,14 +96,15 @@ impl PgSink {
             )?;
         }
         if !batch.deletes.is_empty() {
-            let cols = Columns::of(batch.deletes.iter().map(|k| (k, &Cell::Number(0))));
+            let empty = Cell::default();
+            let cols = Columns::of(batch.deletes.iter().map(|k| (k, &empty)));
             tx.execute(
-                "DELETE FROM rollups r USING unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[])
-                    AS d(site_id, granularity, bucket, family, dimension, dimension_value, metric)
+                "DELETE FROM rollups r USING unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[])
+                    AS d(site_id, granularity, bucket, family, dimension, dimension_value)
                  WHERE r.generation = $1 AND r.site_id = d.site_id AND r.granularity = d.granularity
                    AND r.bucket = to_timestamp(d.bucket::float8 / 1000) AND r.family = d.family
-                   AND r.dimension = d.dimension AND r.dimension_value = d.dimension_value AND r.metric = d.metric",
-                &[&self.generation, &cols.site, &cols.granularity, &cols.bucket, &cols.family, &cols.dimension, &cols.dimension_value, &cols.metric],
+                   AND r.dimension = d.dimension AND r.dimension_value = d.dimension_value",
+                &[&self.generation, &cols.site, &cols.granularity, &cols.bucket, &cols.family, &cols.dimension, &cols.dimension_value],
             )?;
         }
         upsert(
@@ -127,8 +128,8 @@ impl PgSink {
     }
 }
 
-/// Writes the absolute values of `rows` into `generation`, in one statement. A sketch row's
-/// `value` is its estimate, for people reading the table; readers merge `sketch`.
+/// Writes the absolute values of `rows` into `generation`, in one statement: `metrics` is a
+/// JSON object of the row's metrics, `sketch` its visitor sketch.
 pub fn upsert<'a>(
     tx: &mut impl GenericClient,
     generation: i32,
@@ -139,16 +140,16 @@ pub fn upsert<'a>(
         return Ok(0);
     }
     Ok(tx.execute(
-        "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value, open_until, sketch)
+        "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metrics, sketch, open_until)
          SELECT $1, site_id, granularity, to_timestamp(bucket::float8 / 1000), to_timestamp(bucket_end::float8 / 1000),
-                family, dimension, dimension_value, metric, value, to_timestamp(open_until::float8 / 1000), sketch
-           FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::int8[], $12::bytea[])
-             AS u(site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metric, value, open_until, sketch)
-         ON CONFLICT (site_id, generation, granularity, family, metric, dimension, dimension_value, bucket)
-         DO UPDATE SET value = EXCLUDED.value, open_until = EXCLUDED.open_until, sketch = EXCLUDED.sketch, updated_at = now()",
+                family, dimension, dimension_value, metrics::jsonb, sketch, to_timestamp(open_until::float8 / 1000)
+           FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[], $11::int8[])
+             AS u(site_id, granularity, bucket, bucket_end, family, dimension, dimension_value, metrics, sketch, open_until)
+         ON CONFLICT (site_id, generation, granularity, family, dimension, dimension_value, bucket)
+         DO UPDATE SET metrics = EXCLUDED.metrics, sketch = EXCLUDED.sketch, open_until = EXCLUDED.open_until, updated_at = now()",
         &[
             &generation, &cols.site, &cols.granularity, &cols.bucket, &cols.bucket_end, &cols.family,
-            &cols.dimension, &cols.dimension_value, &cols.metric, &cols.value, &cols.open_until, &cols.sketch,
+            &cols.dimension, &cols.dimension_value, &cols.metrics, &cols.sketch, &cols.open_until,
         ],
     )?)
 }
@@ -162,10 +163,9 @@ struct Columns {
     family: Vec<String>,
     dimension: Vec<String>,
     dimension_value: Vec<String>,
-    metric: Vec<String>,
-    value: Vec<i64>,
-    open_until: Vec<i64>,
+    metrics: Vec<String>,
     sketch: Vec<Option<Vec<u8>>>,
+    open_until: Vec<i64>,
 }
 
 impl Columns {
@@ -179,19 +179,15 @@ impl Columns {
             c.family.push(k.family.clone());
             c.dimension.push(k.dimension.clone());
             c.dimension_value.push(k.dimension_value.clone());
-            c.metric.push(k.metric.clone());
             c.open_until.push(k.open_until);
-            match cell {
-                Cell::Number(v) => {
-                    c.value.push(*v);
-                    c.sketch.push(None);
-                }
-                Cell::Sketch(bytes) => {
-                    let estimate = uniques::decode(bytes).map(uniques::estimate).unwrap_or(0.0);
-                    c.value.push(estimate.round() as i64);
-                    c.sketch.push(Some(bytes.clone()));
-                }
+            let mut metrics = serde_json::Map::new();
+            for (name, v) in &cell.numbers {
+                metrics.insert((*name).to_owned(), (*v).into());
             }
+            c.metrics
+                .push(serde_json::Value::Object(metrics).to_string());
+            c.sketch
+                .push(cell.sketch.as_ref().map(|(_, bytes)| bytes.clone()));
         }
         c
     }

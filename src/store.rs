@@ -67,16 +67,44 @@ const ROLLUPS_COLUMNS: &str = r#"
     family           text NOT NULL,
     dimension        text NOT NULL DEFAULT '',
     dimension_value  text NOT NULL DEFAULT '',
-    metric           text NOT NULL,
-    value            bigint NOT NULL,
-    open_until       timestamptz,
+    metrics          jsonb NOT NULL DEFAULT '{}',
     sketch           bytea,
+    open_until       timestamptz,
     updated_at       timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (site_id, generation, granularity, family, metric, dimension, dimension_value, bucket)
+    PRIMARY KEY (site_id, generation, granularity, family, dimension, dimension_value, bucket)
 "#;
 
-/// Conversions of rows written by older versions, in order.
-const MIGRATIONS: [(&str, &str); 2] = [
+/// Creates the (empty) rollups table in `layout`.
+fn create_rollups(client: &mut impl GenericClient, layout: Layout) -> anyhow::Result<()> {
+    match layout {
+        Layout::Hypertable => {
+            client.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")?;
+            client.batch_execute(&format!("CREATE TABLE rollups ({ROLLUPS_COLUMNS})"))?;
+            client.batch_execute(
+                "SELECT create_hypertable('rollups', 'bucket', chunk_time_interval => interval '7 days')",
+            )?;
+        }
+        Layout::NativePartitions => {
+            client.batch_execute(&format!(
+                "CREATE TABLE rollups ({ROLLUPS_COLUMNS}) PARTITION BY RANGE (bucket)"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// Records the migration `name` as done; `true` if it already was.
+fn done(client: &mut impl GenericClient, name: &str) -> anyhow::Result<bool> {
+    let fresh = client.execute(
+        "INSERT INTO migrations (name) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[&name],
+    )?;
+    Ok(fresh == 0)
+}
+
+/// Conversions of rows written by versions that stored one row per metric, in order; they
+/// run before that layout becomes one row per key.
+const NARROW_MIGRATIONS: [(&str, &str); 2] = [
     // Visitor sketches of totals were once the `uniques` family's `hll` rows.
     (
         "uniques_into_traffic",
@@ -157,39 +185,74 @@ pub fn migrate(client: &mut Client) -> anyhow::Result<Layout> {
     } else {
         Layout::NativePartitions
     };
-    if !exists {
-        match wanted {
-            Layout::Hypertable => {
-                client.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")?;
-                client.batch_execute(&format!("CREATE TABLE rollups ({ROLLUPS_COLUMNS})"))?;
-                client.batch_execute(
-                    "SELECT create_hypertable('rollups', 'bucket', chunk_time_interval => interval '7 days')",
-                )?;
-            }
-            Layout::NativePartitions => {
-                client.batch_execute(&format!(
-                    "CREATE TABLE rollups ({ROLLUPS_COLUMNS}) PARTITION BY RANGE (bucket)"
-                ))?;
-            }
-        }
-    }
-    // Rows derived from visits stay open past their bucket's end (see MetricKey::open_until).
-    client.batch_execute("ALTER TABLE rollups ADD COLUMN IF NOT EXISTS open_until timestamptz")?;
-    // Distinct-count sketches (`*_hll` rows): one `bytea` per row (see uniques::encode).
-    client.batch_execute("ALTER TABLE rollups ADD COLUMN IF NOT EXISTS sketch bytea")?;
-    // Sealed history is never rewritten by the engine, so rows of an older layout are
-    // converted in place, each conversion once (recorded, so no start pays for the scan again).
+    let narrow: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                             WHERE table_name = 'rollups' AND column_name = 'metric')",
+            &[],
+        )?
+        .get(0);
     let mut tx = client.transaction()?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS migrations (name text PRIMARY KEY)")?;
-    for (name, sql) in MIGRATIONS {
-        let fresh = tx.execute(
-            "INSERT INTO migrations (name) VALUES ($1) ON CONFLICT DO NOTHING",
-            &[&name],
+    if !exists {
+        create_rollups(&mut tx, wanted)?;
+    } else if narrow {
+        // Sealed history is never rewritten by the engine, so rows of the older one-row-per-
+        // metric layout are converted in place, once, in this transaction.
+        tx.batch_execute(
+            "ALTER TABLE rollups ADD COLUMN IF NOT EXISTS open_until timestamptz;
+             ALTER TABLE rollups ADD COLUMN IF NOT EXISTS sketch bytea",
         )?;
-        if fresh == 1 {
-            tx.batch_execute(sql)
-                .with_context(|| format!("migration {name}"))?;
+        for (name, sql) in NARROW_MIGRATIONS {
+            if !done(&mut tx, name)? {
+                tx.batch_execute(sql)
+                    .with_context(|| format!("migration {name}"))?;
+            }
         }
+        let layout = layout(&mut tx)?;
+        tracing::info!("converting rollups to one row per key (metrics as jsonb)");
+        // Partitions keep their names through a rename: free them for the new table's.
+        tx.batch_execute(
+            "ALTER TABLE rollups RENAME TO rollups_narrow;
+             DO $$ DECLARE child regclass; BEGIN
+               FOR child IN SELECT inhrelid::regclass FROM pg_inherits
+                             WHERE inhparent = 'rollups_narrow'::regclass LOOP
+                 EXECUTE format('ALTER TABLE %s RENAME TO %I', child, child::text || '_narrow');
+               END LOOP;
+             END $$;",
+        )?;
+        create_rollups(&mut tx, layout)?;
+        if layout == Layout::NativePartitions {
+            let months: Vec<(i32, i32)> = tx
+                .query(
+                    "SELECT DISTINCT extract(year FROM bucket AT TIME ZONE 'UTC')::int,
+                                     extract(month FROM bucket AT TIME ZONE 'UTC')::int
+                       FROM rollups_narrow",
+                    &[],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            for (year, month) in months {
+                ensure_partition(&mut tx, (year, month as u32))?;
+            }
+        }
+        tx.batch_execute(
+            "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family, dimension,
+                                  dimension_value, metrics, sketch, open_until)
+             SELECT generation, site_id, granularity, bucket, max(bucket_end), family, dimension, dimension_value,
+                    coalesce(jsonb_object_agg(metric, value) FILTER (WHERE sketch IS NULL AND value <> 0), '{}'),
+                    (array_agg(sketch) FILTER (WHERE sketch IS NOT NULL))[1],
+                    max(open_until)
+               FROM rollups_narrow
+              GROUP BY generation, site_id, granularity, bucket, family, dimension, dimension_value;
+             DROP TABLE rollups_narrow CASCADE;",
+        )
+        .context("converting rollups to one row per key")?;
+    }
+    // A new or converted table has every older conversion behind it.
+    for (name, _) in NARROW_MIGRATIONS {
+        done(&mut tx, name)?;
     }
     tx.commit()?;
     client.batch_execute(

@@ -123,12 +123,12 @@ fn wrong_keys_and_bad_queries_are_refused_with_reasons() {
     assert_eq!(body["results"][0]["metrics"], json!([0, 0]));
 }
 
-/// A database written by older versions: visitor sketches of totals under the `uniques`
-/// family, and every sketch stored one row per register. `migrate` converts them in place,
-/// once, into one `visitors_hll` row per sketch, so multi-day visitor totals over sealed
-/// history keep their sketches.
+/// A database written by older versions: one row per metric, visitor sketches of totals
+/// under the `uniques` family, and every sketch stored one row per register. `migrate`
+/// converts it in place, once, into one row per key (metrics as JSON, the sketch as one
+/// `bytea`), so sealed history keeps its numbers and multi-day visitor totals their sketches.
 #[test]
-fn sketches_stored_by_older_versions_become_one_row_each() {
+fn rows_stored_by_older_versions_become_one_row_per_key() {
     let scratch = tempfile::tempdir().unwrap();
     let db = fresh_database();
     let setup = Setup::new(
@@ -139,79 +139,101 @@ fn sketches_stored_by_older_versions_become_one_row_each() {
     );
     setup.run(&["migrate"]);
     let mut client = postgres::Client::connect(&db, postgres::NoTls).unwrap();
-    let partitioned: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'rollups'::regclass)",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    if partitioned {
+    let partitioned = |client: &mut postgres::Client| -> bool {
         client
-            .batch_execute(
-                "CREATE TABLE rollups_old PARTITION OF rollups
-                   FOR VALUES FROM ('2025-01-01') TO ('2025-02-01')",
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'rollups'::regclass)",
+                &[],
             )
-            .unwrap();
-    }
-    // As an old database has it: no record of the migrations, register rows under
-    // `uniques`, and sketches stored one row per register (index after the value).
+            .unwrap()
+            .get(0)
+    };
+    let native = partitioned(&mut client);
+    // The old layout, in the layout this server gets, with a partition named as the old sink
+    // named them (the new table's partition of that month takes the same name).
+    client
+        .batch_execute(&format!(
+            "DROP TABLE rollups CASCADE;
+             DELETE FROM migrations;
+             CREATE TABLE rollups (
+                generation integer NOT NULL, site_id text NOT NULL, granularity text NOT NULL,
+                bucket timestamptz NOT NULL, bucket_end timestamptz NOT NULL, family text NOT NULL,
+                dimension text NOT NULL DEFAULT '', dimension_value text NOT NULL DEFAULT '',
+                metric text NOT NULL, value bigint NOT NULL, open_until timestamptz,
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (site_id, generation, granularity, family, metric, dimension, dimension_value, bucket)
+             ) {};
+             {}",
+            if native { "PARTITION BY RANGE (bucket)" } else { "" },
+            if native {
+                "CREATE TABLE rollups_y2025m01 PARTITION OF rollups FOR VALUES FROM ('2025-01-01') TO ('2025-02-01')"
+            } else {
+                "SELECT create_hypertable('rollups', 'bucket')"
+            },
+        ))
+        .unwrap();
     client
         .batch_execute(
-            "DELETE FROM migrations;
-             INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family,
-                                  dimension, dimension_value, metric, value)
-             VALUES (1, 's1', 'day', '2025-01-02', '2025-01-03', 'uniques', 'register', '17', 'hll', 3),
-                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'uniques', 'register', '4000', 'hll', 1),
-                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'traffic', '', '', 'visitors', 5),
-                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'pages', 'page', '404' || chr(31) || '5', 'visitors_hll', 2),
-                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'pages', 'page', '404' || chr(31) || '300', 'visitors_hll', 7),
-                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'pages', 'page', '/a' || chr(31) || '5', 'visitors_hll', 1)",
+            "INSERT INTO rollups (generation, site_id, granularity, bucket, bucket_end, family,
+                                  dimension, dimension_value, metric, value, open_until)
+             VALUES (1, 's1', 'day', '2025-01-02', '2025-01-03', 'uniques', 'register', '17', 'hll', 3, NULL),
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'uniques', 'register', '4000', 'hll', 1, NULL),
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'traffic', '', '', 'visitors', 5, NULL),
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'traffic', '', '', 'pageviews', 8, NULL),
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'pages', 'page', '404', 'pageviews', 9, NULL),
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'pages', 'page', '404', 'entries', 2, '2025-01-03'),
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'pages', 'page', '404' || chr(31) || '5', 'visitors_hll', 2, NULL),
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'pages', 'page', '404' || chr(31) || '300', 'visitors_hll', 7, NULL),
+                    (1, 's1', 'day', '2025-01-02', '2025-01-03', 'pages', 'page', '/a' || chr(31) || '5', 'visitors_hll', 1, NULL)",
         )
         .unwrap();
     setup.run(&["migrate"]);
-    type Stored = (String, String, String, i64, Option<Vec<(u16, u8)>>);
+    type Stored = (String, String, serde_json::Value, Option<Vec<(u16, u8)>>);
     let read = |client: &mut postgres::Client| -> Vec<Stored> {
         client
             .query(
-                "SELECT family, metric, dimension_value, value, sketch FROM rollups
-                  ORDER BY family, metric, dimension_value",
+                "SELECT family, dimension_value, metrics::text, sketch FROM rollups
+                  ORDER BY family, dimension_value",
                 &[],
             )
             .unwrap()
             .iter()
             .map(|r| {
-                let sketch: Option<Vec<u8>> = r.get(4);
+                let metrics: String = r.get(2);
+                let sketch: Option<Vec<u8>> = r.get(3);
                 let registers = sketch.map(|s| clickflow_dataflows::uniques::decode(&s).unwrap());
-                (r.get(0), r.get(1), r.get(2), r.get(3), registers)
+                (
+                    r.get(0),
+                    r.get(1),
+                    serde_json::from_str(&metrics).unwrap(),
+                    registers,
+                )
             })
             .collect()
     };
     let rows = read(&mut client);
-    let row = |f: &str, m: &str, v: &str, n: i64, registers: Option<Vec<(u16, u8)>>| {
-        (f.to_owned(), m.to_owned(), v.to_owned(), n, registers)
+    let row = |f: &str, v: &str, metrics: serde_json::Value, registers: Option<Vec<(u16, u8)>>| {
+        (f.to_owned(), v.to_owned(), metrics, registers)
     };
     assert_eq!(
         rows,
         vec![
-            row("pages", "visitors_hll", "/a", 1, Some(vec![(5, 1)])),
+            row("pages", "/a", json!({}), Some(vec![(5, 1)])),
             row(
                 "pages",
-                "visitors_hll",
                 "404",
-                2,
+                json!({"pageviews": 9, "entries": 2}),
                 Some(vec![(5, 2), (300, 7)])
             ),
-            row("traffic", "visitors", "", 5, None),
             row(
                 "traffic",
-                "visitors_hll",
                 "",
-                2,
+                json!({"visitors": 5, "pageviews": 8}),
                 Some(vec![(17, 3), (4000, 1)])
             ),
         ]
     );
+    assert_eq!(partitioned(&mut client), native, "the layout is kept");
     // Each conversion runs once: a later start finds nothing to convert and changes nothing.
     setup.run(&["migrate"]);
     assert_eq!(read(&mut client), rows);

@@ -1,10 +1,12 @@
-//! The shape every family's output takes: one row per (site, bucket, dimension, metric).
+//! The shape every family's output takes: one row per (site, bucket, dimension, metric) inside
+//! the dataflow, stored as one row per (site, bucket, dimension) holding all its metrics.
 
 use chrono_tz::Tz;
 use clickflow_operators::sink::RowModel;
 use clickflow_operators::time::{bucket_of, seal_time, Bucket, Granularity};
 use serde::{Deserialize, Serialize};
 
+use crate::registry::Family;
 use crate::symbol::{Dictionary, Sym};
 use crate::uniques;
 
@@ -75,38 +77,73 @@ impl MetricKey {
 /// Appended to a distinct metric's name for its HyperLogLog sketch row.
 pub const SKETCH_SUFFIX: &str = "_hll";
 
-/// What a rollup row holds once written.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Cell {
-    Number(i64),
-    /// All registers of a sketch row, [`uniques::encode`]d.
-    Sketch(Vec<u8>),
+/// What a rollup row holds once written: every metric of one (site, bucket, family,
+/// breakdown value), and the row's visitor sketch where the family keeps one. Families emit
+/// one [`Row`] per metric; the sink gathers them, so storage has one row per key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cell {
+    /// Metric name and value, by name; a metric of value zero is absent.
+    pub numbers: Vec<(&'static str, i64)>,
+    /// The sketch metric's name and its registers, [`uniques::encode`]d.
+    pub sketch: Option<(&'static str, Vec<u8>)>,
 }
 
-/// How the transactional sink reads rows: each is bounded by its seal, and a sketch row's
-/// registers are written together as one value.
+/// The metric part of a row on its way to the sink, the rest of the key being [`RowKey::row`].
+pub type Measure = (Sym, i64);
+
+/// How the transactional sink reads rows: keyed by [`RowKey::row`], each bounded by its seal,
+/// its metrics (a sketch's registers included) written together.
 #[derive(Clone, Debug)]
 pub struct Rollups {
     pub seal_lateness_ms: u64,
-    /// Metrics whose rows are sketches.
-    pub sketches: Vec<Sym>,
+    /// Every metric name the families emit, and whether it is a sketch.
+    pub metrics: Vec<(Sym, &'static str, bool)>,
 }
 
-impl RowModel<RowKey, i64> for Rollups {
+impl Rollups {
+    pub fn new(seal_lateness_ms: u64, families: &[&Family]) -> Rollups {
+        let mut metrics: Vec<(Sym, &'static str, bool)> = families
+            .iter()
+            .flat_map(|f| f.metrics.iter())
+            .map(|m| (Sym::of(m), *m, m.ends_with(SKETCH_SUFFIX)))
+            .collect();
+        metrics.sort_unstable();
+        metrics.dedup();
+        Rollups {
+            seal_lateness_ms,
+            metrics,
+        }
+    }
+}
+
+impl RowModel<RowKey, Measure> for Rollups {
     type Written = Cell;
 
     fn bounds(&self, key: &RowKey) -> (i64, u64) {
         (key.bucket.start, key.seal_time(self.seal_lateness_ms))
     }
 
-    fn written(&self, key: &RowKey, values: &[(i64, isize)]) -> Option<Cell> {
-        let mut current = values.iter().filter(|(_, d)| *d > 0).map(|(v, _)| *v);
-        if self.sketches.contains(&key.metric) {
-            let registers: Vec<(u16, u8)> = current.filter_map(uniques::unpack).collect();
-            (!registers.is_empty()).then(|| Cell::Sketch(uniques::encode(registers)))
-        } else {
-            current.next().map(Cell::Number)
+    fn written(&self, _key: &RowKey, values: &[(Measure, isize)]) -> Option<Cell> {
+        let mut cell = Cell::default();
+        // Sorted by metric, then value: each metric's values are one run.
+        for run in values.chunk_by(|a, b| a.0 .0 == b.0 .0) {
+            let metric = run[0].0 .0;
+            let Some((_, name, sketch)) = self.metrics.iter().find(|m| m.0 == metric) else {
+                tracing::error!(?metric, "a row of a metric no family names");
+                continue;
+            };
+            let mut current = run.iter().filter(|(_, d)| *d > 0).map(|((_, v), _)| *v);
+            if *sketch {
+                let registers: Vec<(u16, u8)> = current.filter_map(uniques::unpack).collect();
+                if !registers.is_empty() {
+                    cell.sketch = Some((name, uniques::encode(registers)));
+                }
+            } else if let Some(v) = current.next().filter(|v| *v != 0) {
+                cell.numbers.push((name, v));
+            }
         }
+        cell.numbers.sort_unstable();
+        (!cell.numbers.is_empty() || cell.sketch.is_some()).then_some(cell)
     }
 }
 
@@ -165,6 +202,12 @@ impl RowKey {
     /// Marks the row as changeable by events up to `until` (see [`MetricKey::open_until`]).
     pub fn open_until(mut self, until: i64) -> RowKey {
         self.open_until = self.open_until.max(until);
+        self
+    }
+
+    /// The stored row this metric row is part of: the key without its metric.
+    pub fn row(mut self) -> RowKey {
+        self.metric = Sym::NONE;
         self
     }
 

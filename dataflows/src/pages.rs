@@ -35,14 +35,13 @@ pub const FAMILY: Family = Family {
 /// (site, bucket, path, until when the bucket's visit rows stay open)
 type Key = (Sym, Bucket, Sym, i64);
 
+/// Every metric of a page's bucket is stored in one row, so all stay open as long as the
+/// visit-derived ones (entries, exits, time on page): until the bucket's day seals.
 fn row(metric: &'static str, k: Key) -> RowKey {
-    let (site, bucket, path, _) = k;
-    RowKey::new(site, bucket, FAMILY.name, metric).by("page", path)
-}
-
-/// A visit-derived row: open until its day seals.
-fn visit_row(metric: &'static str, k: Key) -> RowKey {
-    row(metric, k).open_until(k.3)
+    let (site, bucket, path, until) = k;
+    RowKey::new(site, bucket, FAMILY.name, metric)
+        .by("page", path)
+        .open_until(until)
 }
 
 fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, Row> {
@@ -91,10 +90,10 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
                 |k, (views, (entries, exits), (ms, timed)): Sums| {
                     [
                         (row("pageviews", k), views as i64),
-                        (visit_row("entries", k), entries as i64),
-                        (visit_row("exits", k), exits as i64),
-                        (visit_row("time_on_page_ms", k), ms as i64),
-                        (visit_row("timed_pageviews", k), timed as i64),
+                        (row("entries", k), entries as i64),
+                        (row("exits", k), exits as i64),
+                        (row("time_on_page_ms", k), ms as i64),
+                        (row("timed_pageviews", k), timed as i64),
                     ]
                 },
             ),
@@ -120,9 +119,13 @@ pub(crate) mod tests {
         };
         for h in o.hits.iter().filter(|h| h.is_pageview()) {
             for g in VISIT_GRANULARITIES {
-                let b = bucket_of(h.ts, g, parse_tz(&h.tz));
-                put.add(key(&h.site, b, "pageviews", &h.pathname), 1);
-                put.distinct_sketched(key(&h.site, b, "visitors", &h.pathname), h.visitor);
+                let tz = parse_tz(&h.tz);
+                let b = bucket_of(h.ts, g, tz);
+                let key = |m: &str| {
+                    key(&h.site, b, m, &h.pathname).open_until(visit_rows_open_until(b, tz))
+                };
+                put.add(key("pageviews"), 1);
+                put.distinct_sketched(key("visitors"), h.visitor);
             }
         }
         for v in oracle_visits(&o.hits, o.settings.visit_timeout_ms) {

@@ -24,7 +24,7 @@ use timely::dataflow::Stream;
 
 use crate::event::Record;
 use crate::hit::{Bot, Hit};
-use crate::metric::{visit_rows_open_until, Cell, MetricKey, Rollups, Row, RowKey, SKETCH_SUFFIX};
+use crate::metric::{visit_rows_open_until, Cell, Measure, MetricKey, Rollups, Row, RowKey};
 use crate::registry::{Family, FAMILIES};
 use crate::settings::Settings;
 use crate::symbol::{Dictionary, Interner, Sym};
@@ -180,10 +180,10 @@ pub fn prepare<'s>(
 /// complete on the words too, and the dictionary that renders them: the sink holds the
 /// interned rows (a few integers each) and renders only what it writes.
 pub struct Rollup<'s> {
-    pub rows: VecCollection<'s, u64, Row>,
+    /// Each metric row as (stored row, (metric, value)).
+    pub rows: VecCollection<'s, u64, (RowKey, Measure)>,
     pub dictionary: Rc<RefCell<Dictionary>>,
-    /// Metrics whose rows are sketches (names ending in [`SKETCH_SUFFIX`]).
-    pub sketches: Vec<Sym>,
+    pub model: Rollups,
 }
 
 impl<'s> Rollup<'s> {
@@ -192,19 +192,14 @@ impl<'s> Rollup<'s> {
         self,
         progress: Stream<'s, u64, Vec<PartitionProgress>>,
         config: SinkConfig,
-        settings: &Settings,
         target: T,
         status: Arc<SinkStatus>,
     ) {
-        let model = Rollups {
-            seal_lateness_ms: settings.seal_lateness_ms,
-            sketches: self.sketches,
-        };
         let target = Rendering {
             dictionary: self.dictionary,
             inner: target,
         };
-        transactional_sink(self.rows, progress, config, model, target, status);
+        transactional_sink(self.rows, progress, config, self.model, target, status);
     }
 }
 
@@ -247,16 +242,10 @@ pub fn metrics_with<'s>(
         .filter(move |((key, _), time, _)| *time < key.seal_time(lateness))
         .as_collection();
     let dictionary = Rc::new(RefCell::new(fixed_words(&families)));
-    let sketches = families
-        .iter()
-        .flat_map(|f| f.metrics.iter())
-        .filter(|m| m.ends_with(SKETCH_SUFFIX))
-        .map(|m| Sym::of(m))
-        .collect();
     Rollup {
         rows: with_words(open, words, dictionary.clone()),
         dictionary,
-        sketches,
+        model: Rollups::new(lateness, &families),
     }
 }
 
@@ -279,7 +268,7 @@ fn with_words<'s>(
     rows: VecCollection<'s, u64, Row>,
     words: VecCollection<'s, u64, (Sym, String)>,
     dictionary: Rc<RefCell<Dictionary>>,
-) -> VecCollection<'s, u64, Row> {
+) -> VecCollection<'s, u64, (RowKey, Measure)> {
     rows.inner
         .binary_frontier(
             words.inner,
@@ -304,8 +293,8 @@ fn with_words<'s>(
                         |t: u64| !rows_frontier.less_equal(&t) && !words_frontier.less_equal(&t);
                     while let Some((time, cap, rows)) = waiting.pop_complete(complete) {
                         let mut session = output.session(&cap);
-                        for (row, diff) in rows {
-                            session.give((row, time, diff));
+                        for ((key, value), diff) in rows {
+                            session.give(((key.row(), (key.metric, value)), time, diff));
                         }
                     }
                 }

@@ -469,7 +469,7 @@ pub fn check_families_every_epoch(
     let table: MemoryTable<MetricKey, Cell> = MemoryTable::default();
     let rows = table.0.clone();
     let owned = stream.to_vec();
-    let snapshot = move || register_by_register(&rows.lock().expect("table lock"));
+    let snapshot = move || rows.lock().expect("table lock").clone();
     // Rows the sink sealed, with the value they had then (absent rows stay absent).
     let mut frozen: BTreeMap<MetricKey, i64> = BTreeMap::new();
     let mut previous_frontier = 0u64;
@@ -491,7 +491,7 @@ pub fn check_families_every_epoch(
     };
     let stream = stream.to_vec();
     let settings = test_settings();
-    type Snapshots = Vec<(Option<u64>, BTreeMap<MetricKey, i64>)>;
+    type Snapshots = Vec<(Option<u64>, BTreeMap<MetricKey, Cell>)>;
     let checks: Arc<Mutex<Snapshots>> = Arc::default();
     let checks_w = checks.clone();
     let status_w = Arc::new(SinkStatus::default());
@@ -504,13 +504,7 @@ pub fn check_families_every_epoch(
                 .container::<Vec<_>>();
             let probe;
             (probe, out.rows) = out.rows.probe();
-            out.sink(
-                progress,
-                SinkConfig::default(),
-                &settings,
-                table,
-                status_w.clone(),
-            );
+            out.sink(progress, SinkConfig::default(), table, status_w.clone());
             (input, probe)
         });
         for (record, t) in stream {
@@ -537,10 +531,11 @@ pub fn check_families_every_epoch(
         checks_w.lock().expect("checks").push((None, snapshot()));
     });
     let checks = std::mem::take(&mut *checks.lock().expect("checks"));
-    for (i, (now, got)) in checks.into_iter().enumerate() {
-        // Postgres keys rows without `open_until`: two rows differing only there would collide.
+    for (i, (now, stored)) in checks.into_iter().enumerate() {
+        // Postgres keys rows without `open_until`: two rows differing only there would collide
+        // (all metrics of a stored row must share it).
         let mut primary = std::collections::BTreeSet::new();
-        for k in got.keys() {
+        for k in stored.keys() {
             let pk = MetricKey {
                 open_until: 0,
                 ..k.clone()
@@ -550,6 +545,7 @@ pub fn check_families_every_epoch(
                 "{family}: two rows share a primary key: {k:?}"
             );
         }
+        let got = metric_by_metric(&stored);
         let want = expected_at(now);
         assert_same_rows(
             &got,
@@ -559,23 +555,26 @@ pub fn check_families_every_epoch(
     }
 }
 
-/// The table as oracles state it: a sketch row as one row per register, the register index
-/// appended to the row's value (after [`crate::metric::VALUE_SEPARATOR`]), its rank the value.
-pub fn register_by_register(table: &BTreeMap<MetricKey, Cell>) -> BTreeMap<MetricKey, i64> {
+/// The table as oracles state it: one row per metric, and a sketch as one row per register
+/// (the register index appended to the row's value after [`crate::metric::VALUE_SEPARATOR`],
+/// its rank the value).
+pub fn metric_by_metric(table: &BTreeMap<MetricKey, Cell>) -> BTreeMap<MetricKey, i64> {
     let mut out = BTreeMap::new();
     for (k, cell) in table {
-        match cell {
-            Cell::Number(v) => {
-                out.insert(k.clone(), *v);
-            }
-            Cell::Sketch(bytes) => {
-                let registers = crate::uniques::decode(bytes).expect("a sketch the sink wrote");
-                assert!(!registers.is_empty(), "{k:?}: an empty sketch is no row");
-                for (index, rank) in registers {
-                    let mut row = k.clone();
-                    row.dimension_value = format!("{}\u{1f}{index}", k.dimension_value);
-                    out.insert(row, rank as i64);
-                }
+        assert!(k.metric.is_empty(), "{k:?}: a stored row names no metric");
+        for (metric, v) in &cell.numbers {
+            let mut row = k.clone();
+            row.metric = metric.to_string();
+            out.insert(row, *v);
+        }
+        if let Some((metric, bytes)) = &cell.sketch {
+            let registers = crate::uniques::decode(bytes).expect("a sketch the sink wrote");
+            assert!(!registers.is_empty(), "{k:?}: an empty sketch is no sketch");
+            for (index, rank) in registers {
+                let mut row = k.clone();
+                row.metric = metric.to_string();
+                row.dimension_value = format!("{}\u{1f}{index}", k.dimension_value);
+                out.insert(row, rank as i64);
             }
         }
     }
