@@ -1,4 +1,4 @@
-//! End-to-end load: HTTP → embedded log → engine → Postgres → query API.
+//! End-to-end load: HTTP → log → engine → Postgres → query API.
 //!
 //!     cargo bench --bench load -- [seconds] [client threads] [events/s, 0 = as fast as possible]
 //!
@@ -6,6 +6,8 @@
 //! `clickflow engine -w 2`, then drives `/api/batch` from client threads for the given time.
 //! Reports sustained accepted events/s, and freshness: for every acknowledged batch, the time
 //! from its 202 until the API's event total includes it (probed every 50 ms).
+//! `LOAD_KAFKA=127.0.0.1:19092` uses that Kafka-protocol broker (`scripts/test-env.sh start`
+//! runs tansu there) instead of the embedded log.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,16 +55,32 @@ fn main() -> anyhow::Result<()> {
     let site = clickflow::store::add_site(&mut client, "load.test", "UTC")?;
     let listen = format!("127.0.0.1:{}", free_port());
     let bin = env!("CARGO_BIN_EXE_clickflow");
+    // LOAD_KAFKA=host:port runs against that Kafka-protocol broker (a fresh topic) instead
+    // of the embedded log.
+    let kafka = std::env::var("LOAD_KAFKA").ok();
+    let log_env: Vec<(&str, String)> = match &kafka {
+        Some(brokers) => vec![
+            ("CLICKFLOW__LOG__KIND", "kafka".into()),
+            ("CLICKFLOW__LOG__BROKERS", format!("{brokers:?}")),
+            (
+                "CLICKFLOW__LOG__TOPIC",
+                format!("\"load-{}\"", std::process::id()),
+            ),
+        ],
+        None => vec![
+            ("CLICKFLOW__LOG__KIND", "embedded".into()),
+            (
+                "CLICKFLOW__LOG__DIR",
+                format!("{:?}", scratch.path().join("log").display().to_string()),
+            ),
+        ],
+    };
     let spawn = |args: &[&str]| -> anyhow::Result<Killed> {
         Ok(Killed(
             Command::new(bin)
                 .args(args)
                 .env("DATABASE_URL", &db)
-                .env("CLICKFLOW__LOG__KIND", "embedded")
-                .env(
-                    "CLICKFLOW__LOG__DIR",
-                    format!("{:?}", scratch.path().join("log").display().to_string()),
-                )
+                .envs(log_env.iter().map(|(k, v)| (*k, v)))
                 .env("CLICKFLOW__COLLECTOR__LISTEN", format!("{listen:?}"))
                 .env("CLICKFLOW__ENGINE__EPOCH_MS", "100")
                 .env("CLICKFLOW__ENGINE__COMMIT_INTERVAL_MS", "100")
@@ -202,7 +220,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         "as fast as possible".into()
     };
-    println!("end-to-end load: {seconds} s, {clients} client threads, {offered}, batches of 100, embedded log (fsync), engine -w 2");
+    let log = match &kafka {
+        Some(brokers) => format!("Kafka at {brokers}"),
+        None => "embedded log (fsync)".into(),
+    };
+    println!("end-to-end load: {seconds} s, {clients} client threads, {offered}, batches of 100, {log}, engine -w 2");
     println!(
         "  accepted:   {total} events, {:.0} events/s sustained",
         total as f64 / load_secs

@@ -2,7 +2,7 @@
 //! the dataflow, stored as one row per (site, bucket, dimension) holding all its metrics.
 
 use chrono_tz::Tz;
-use clickflow_operators::sink::RowModel;
+use clickflow_operators::sink::{add_to, Multiset, RowModel};
 use clickflow_operators::time::{bucket_of, seal_time, Bucket, Granularity};
 use serde::{Deserialize, Serialize};
 
@@ -116,33 +116,84 @@ impl Rollups {
     }
 }
 
+impl Rollups {
+    /// The name of `metric` and whether it is a sketch.
+    fn metric(&self, metric: Sym) -> Option<(&'static str, bool)> {
+        let at = self
+            .metrics
+            .binary_search_by_key(&metric, |(sym, _, _)| *sym)
+            .ok()?;
+        let (_, name, sketch) = self.metrics[at];
+        Some((name, sketch))
+    }
+}
+
+/// What the sink holds of a stored row while it is open: its metrics' values, and its
+/// sketch's registers in 8 bytes each (a general value would take 24).
+#[derive(Default)]
+pub struct RowState {
+    numbers: Multiset<(Sym, i64)>,
+    /// The sketch metric; `NONE` while the row has no sketch.
+    sketch: Sym,
+    /// (index, rank, multiplicity), sorted.
+    registers: Vec<(u16, u8, i32)>,
+}
+
 impl RowModel<RowKey, Measure> for Rollups {
     type Written = Cell;
+    type State = RowState;
 
     fn bounds(&self, key: &RowKey) -> (i64, u64) {
         (key.bucket.start, key.seal_time(self.seal_lateness_ms))
     }
 
-    fn written(&self, _key: &RowKey, values: &[(Measure, isize)]) -> Option<Cell> {
+    fn apply(&self, state: &mut RowState, (metric, value): Measure, diff: isize) {
+        if !matches!(self.metric(metric), Some((_, true))) {
+            add_to(&mut state.numbers, (metric, value), diff);
+            return;
+        }
+        state.sketch = metric;
+        let Some((index, rank)) = uniques::unpack(value) else {
+            return;
+        };
+        // A diff beyond ±2³¹ would take as many updates of one register.
+        let diff = diff.clamp(i32::MIN as isize, i32::MAX as isize) as i32;
+        let registers = &mut state.registers;
+        match registers.binary_search_by(|r| (r.0, r.1).cmp(&(index, rank))) {
+            Ok(at) => {
+                registers[at].2 += diff;
+                if registers[at].2 == 0 {
+                    registers.remove(at);
+                }
+            }
+            Err(at) => registers.insert(at, (index, rank, diff)),
+        }
+    }
+
+    fn written(&self, _key: &RowKey, state: &RowState) -> Option<Cell> {
         let mut cell = Cell::default();
         // Sorted by metric, then value: each metric's values are one run.
-        for run in values.chunk_by(|a, b| a.0 .0 == b.0 .0) {
+        for run in state.numbers.chunk_by(|a, b| a.0 .0 == b.0 .0) {
             let metric = run[0].0 .0;
-            let Some((_, name, sketch)) = self.metrics.iter().find(|m| m.0 == metric) else {
+            let Some((name, _)) = self.metric(metric) else {
                 tracing::error!(?metric, "a row of a metric no family names");
                 continue;
             };
-            let mut current = run.iter().filter(|(_, d)| *d > 0).map(|((_, v), _)| *v);
-            if *sketch {
-                let registers: Vec<(u16, u8)> = current.filter_map(uniques::unpack).collect();
-                if !registers.is_empty() {
-                    cell.sketch = Some((name, uniques::encode(registers)));
-                }
-            } else if let Some(v) = current.next().filter(|v| *v != 0) {
+            let current = run.iter().find(|(_, d)| *d > 0).map(|((_, v), _)| *v);
+            if let Some(v) = current.filter(|v| *v != 0) {
                 cell.numbers.push((name, v));
             }
         }
         cell.numbers.sort_unstable();
+        let registers: Vec<(u16, u8)> = state
+            .registers
+            .iter()
+            .filter(|r| r.2 > 0)
+            .map(|r| (r.0, r.1))
+            .collect();
+        if let (Some((name, _)), false) = (self.metric(state.sketch), registers.is_empty()) {
+            cell.sketch = Some((name, uniques::encode(registers)));
+        }
         (!cell.numbers.is_empty() || cell.sketch.is_some()).then_some(cell)
     }
 }

@@ -89,28 +89,54 @@ pub struct SinkStatus {
     pub holding: AtomicU64,
 }
 
-/// How the sink reads the rows it is given.
+/// How the sink reads the rows it is given, and what it holds of each live key.
 pub trait RowModel<K, V> {
     /// What a row is written as.
     type Written: Clone;
+    /// What the sink holds of a live key: the multiplicities of its values, in a form of the
+    /// model's choosing.
+    type State: Default;
     /// The key's bucket start and its seal time: changes at or after the seal time are expiry
     /// retractions and are not written, so sealed rows stay as they are.
     fn bounds(&self, key: &K) -> (Millis, u64);
-    /// What to write for a key whose values have these multiplicities (sorted by value, none
-    /// zero): most rows have one value of multiplicity 1 when consistent, a row may have
-    /// several (a sketch's registers). `None` deletes the row.
-    fn written(&self, key: &K, values: &[(V, isize)]) -> Option<Self::Written>;
+    /// Adds `diff` to the multiplicity of `value`.
+    fn apply(&self, state: &mut Self::State, value: V, diff: isize);
+    /// What to write for a key in `state` once a round's changes are applied: most rows have
+    /// one value of multiplicity 1 when consistent, a row may have several (a sketch's
+    /// registers). `None` deletes the row.
+    fn written(&self, key: &K, state: &Self::State) -> Option<Self::Written>;
+}
+
+/// Values with their multiplicities, sorted by value, none zero; inline for the common
+/// one-value key (two while its value changes).
+pub type Multiset<V> = SmallVec<[(V, isize); 2]>;
+
+/// Adds `diff` to the multiplicity of `value` in `values`.
+pub fn add_to<V: Ord>(values: &mut Multiset<V>, value: V, diff: isize) {
+    match values.binary_search_by(|(v, _)| v.cmp(&value)) {
+        Ok(at) => {
+            values[at].1 += diff;
+            if values[at].1 == 0 {
+                values.remove(at);
+            }
+        }
+        Err(at) => values.insert(at, (value, diff)),
+    }
 }
 
 /// Rows of one value each, bounded by a function of the key.
 pub struct OneValue<B>(pub B);
 
-impl<K, V: Clone, B: Fn(&K) -> (Millis, u64)> RowModel<K, V> for OneValue<B> {
+impl<K, V: Ord + Clone, B: Fn(&K) -> (Millis, u64)> RowModel<K, V> for OneValue<B> {
     type Written = V;
+    type State = Multiset<V>;
     fn bounds(&self, key: &K) -> (Millis, u64) {
         (self.0)(key)
     }
-    fn written(&self, _key: &K, values: &[(V, isize)]) -> Option<V> {
+    fn apply(&self, state: &mut Multiset<V>, value: V, diff: isize) {
+        add_to(state, value, diff);
+    }
+    fn written(&self, _key: &K, values: &Multiset<V>) -> Option<V> {
         values.iter().find(|(_, d)| *d > 0).map(|(v, _)| v.clone())
     }
 }
@@ -165,9 +191,8 @@ pub fn transactional_sink<'scope, K, V, M, S>(
 
     let mut pending: Vec<((K, V), u64, isize)> = Vec::new();
     let mut pending_progress: Vec<(u64, PartitionProgress)> = Vec::new();
-    // Accumulated value multiplicities of every live key, sorted by value: most keys hold
-    // one value (two while it changes), inline.
-    let mut live: HashMap<K, SmallVec<[(V, isize); 2]>> = HashMap::new();
+    // Accumulated value multiplicities of every live key.
+    let mut live: HashMap<K, M::State> = HashMap::new();
     // Live keys by seal time: once every change before its seal is applied, a key's value is
     // final (in `dirty` until committed) and its entry is dropped.
     let mut sealing: BTreeMap<u64, Vec<K>> = BTreeMap::new();
@@ -219,19 +244,11 @@ pub fn transactional_sink<'scope, K, V, M, S>(
             if bucket_start < config.write_from || time >= seal {
                 continue;
             }
-            let values = live.entry(key.clone()).or_insert_with(|| {
+            let state = live.entry(key.clone()).or_insert_with(|| {
                 sealing.entry(seal).or_default().push(key.clone());
-                SmallVec::new()
+                M::State::default()
             });
-            match values.binary_search_by(|(v, _)| v.cmp(&value)) {
-                Ok(at) => {
-                    values[at].1 += diff;
-                    if values[at].1 == 0 {
-                        values.remove(at);
-                    }
-                }
-                Err(at) => values.insert(at, (value, diff)),
-            }
+            rows.apply(state, value, diff);
             // An emptied entry stays until its seal: a change of value (retraction, then
             // insertion) must not enter the key in `sealing` again.
             touched.push(key);
@@ -241,7 +258,7 @@ pub fn transactional_sink<'scope, K, V, M, S>(
         touched.sort_unstable();
         touched.dedup();
         for key in touched {
-            let now = live.get(&key).and_then(|values| rows.written(&key, values));
+            let now = live.get(&key).and_then(|state| rows.written(&key, state));
             dirty.insert(key, now);
         }
         let sealed_before = frontier.unwrap_or(u64::MAX);
