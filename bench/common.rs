@@ -1,6 +1,9 @@
 //! What several benches share: reading the process's memory, and a sink target that keeps
 //! only the size of the table it would write.
 
+// Each bench includes this module and uses part of it.
+#![allow(dead_code)]
+
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};

@@ -58,14 +58,25 @@ fn main() -> anyhow::Result<()> {
     // LOAD_KAFKA=host:port runs against that Kafka-protocol broker (a fresh topic) instead
     // of the embedded log.
     let kafka = std::env::var("LOAD_KAFKA").ok();
+    let topic = format!("load-{}", std::process::id());
+    if let Some(brokers) = &kafka {
+        // tansu's own CLI (CLICKFLOW_TEST_TANSU, as scripts/test-env.sh exports it).
+        let tansu = std::env::var("CLICKFLOW_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
+        let made = Command::new(&tansu)
+            .args(["topic", "create", &topic, "--partitions", "4"])
+            .args(["--broker", &format!("tcp://{brokers}")])
+            .output()?;
+        anyhow::ensure!(
+            made.status.success(),
+            "creating topic {topic} with {tansu}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
     let log_env: Vec<(&str, String)> = match &kafka {
         Some(brokers) => vec![
             ("CLICKFLOW__LOG__KIND", "kafka".into()),
             ("CLICKFLOW__LOG__BROKERS", format!("{brokers:?}")),
-            (
-                "CLICKFLOW__LOG__TOPIC",
-                format!("\"load-{}\"", std::process::id()),
-            ),
+            ("CLICKFLOW__LOG__TOPIC", format!("{topic:?}")),
         ],
         None => vec![
             ("CLICKFLOW__LOG__KIND", "embedded".into()),
