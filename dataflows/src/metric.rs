@@ -199,7 +199,7 @@ impl RowModel<RowKey, Measure> for Rollups {
 }
 
 /// A metric row inside the dataflow: [`MetricKey`] with every text interned, so keys are
-/// plain integers to hash, compare and hold. The end of the pipeline renders it back.
+/// plain integers to hash, compare and hold. The sink renders the rows it commits back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RowKey {
     pub site: Sym,
