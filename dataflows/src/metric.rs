@@ -5,6 +5,7 @@ use chrono_tz::Tz;
 use clickflow_operators::sink::{add_to, Multiset, RowModel};
 use clickflow_operators::time::{bucket_of, seal_time, Bucket, Granularity};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::registry::Family;
 use crate::symbol::{Dictionary, Sym};
@@ -114,9 +115,7 @@ impl Rollups {
             metrics,
         }
     }
-}
 
-impl Rollups {
     /// The name of `metric` and whether it is a sketch.
     fn metric(&self, metric: Sym) -> Option<(&'static str, bool)> {
         let at = self
@@ -135,8 +134,9 @@ pub struct RowState {
     numbers: Multiset<(Sym, i64)>,
     /// The sketch metric; `NONE` while the row has no sketch.
     sketch: Sym,
-    /// (index, rank, multiplicity), sorted.
-    registers: Vec<(u16, u8, i32)>,
+    /// ((index, rank), multiplicity), sorted; no inline slot: with SmallVec's `union` layout
+    /// it is the size of a `Vec`.
+    registers: SmallVec<[((u16, u8), i32); 0]>,
 }
 
 impl RowModel<RowKey, Measure> for Rollups {
@@ -158,16 +158,7 @@ impl RowModel<RowKey, Measure> for Rollups {
         };
         // A diff beyond ±2³¹ would take as many updates of one register.
         let diff = diff.clamp(i32::MIN as isize, i32::MAX as isize) as i32;
-        let registers = &mut state.registers;
-        match registers.binary_search_by(|r| (r.0, r.1).cmp(&(index, rank))) {
-            Ok(at) => {
-                registers[at].2 += diff;
-                if registers[at].2 == 0 {
-                    registers.remove(at);
-                }
-            }
-            Err(at) => registers.insert(at, (index, rank, diff)),
-        }
+        add_to(&mut state.registers, (index, rank), diff);
     }
 
     fn written(&self, _key: &RowKey, state: &RowState) -> Option<Cell> {
@@ -188,8 +179,8 @@ impl RowModel<RowKey, Measure> for Rollups {
         let registers: Vec<(u16, u8)> = state
             .registers
             .iter()
-            .filter(|r| r.2 > 0)
-            .map(|r| (r.0, r.1))
+            .filter(|(_, d)| *d > 0)
+            .map(|(r, _)| *r)
             .collect();
         if let (Some((name, _)), false) = (self.metric(state.sketch), registers.is_empty()) {
             cell.sketch = Some((name, uniques::encode(registers)));

@@ -69,11 +69,9 @@ pub fn encode(registers: impl IntoIterator<Item = (u16, u8)>) -> Vec<u8> {
         .into_iter()
         .filter(|(i, r)| *r > 0 && (*i as usize) < REGISTERS)
         .collect();
-    set.sort_unstable();
-    // Within one index the largest rank comes last; keep it.
-    set.reverse();
+    // By index, the largest rank first within one index: dedup keeps it.
+    set.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
     set.dedup_by_key(|(i, _)| *i);
-    set.reverse();
     if set.len() * 3 < REGISTERS {
         let mut out = Vec::with_capacity(2 + 3 * set.len());
         out.extend([SPARSE, PRECISION as u8]);

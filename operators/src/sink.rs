@@ -111,12 +111,18 @@ pub trait RowModel<K, V> {
 /// one-value key (two while its value changes).
 pub type Multiset<V> = SmallVec<[(V, isize); 2]>;
 
-/// Adds `diff` to the multiplicity of `value` in `values`.
-pub fn add_to<V: Ord>(values: &mut Multiset<V>, value: V, diff: isize) {
+/// Adds `diff` to the multiplicity of `value` in `values` (sorted by value, none zero), whatever
+/// the inline capacity and the integer that counts.
+pub fn add_to<A, V, D>(values: &mut SmallVec<A>, value: V, diff: D)
+where
+    A: smallvec::Array<Item = (V, D)>,
+    V: Ord,
+    D: Copy + Default + PartialEq + std::ops::AddAssign,
+{
     match values.binary_search_by(|(v, _)| v.cmp(&value)) {
         Ok(at) => {
             values[at].1 += diff;
-            if values[at].1 == 0 {
+            if values[at].1 == D::default() {
                 values.remove(at);
             }
         }
