@@ -14,12 +14,7 @@ fn every_error_case_has_its_status_and_nothing_is_lost_or_doubled() {
     let scratch = tempfile::tempdir().unwrap();
     let log_dir = scratch.path().join("log");
     let db = fresh_database();
-    let setup = Setup::new(
-        &db,
-        &LogChoice::Embedded {
-            dir: log_dir.clone(),
-        },
-    );
+    let setup = Setup::embedded(&db, log_dir.clone());
     setup.run(&["migrate"]);
     let (site, _) = setup.add_site("errors.test", "UTC");
     let mut server = setup.spawn(&["serve"]);
@@ -202,13 +197,7 @@ fn what_real_clients_send_is_never_silently_lost() {
         geo.exists(),
         "run scripts/install-deps.sh: {geo:?} is missing"
     );
-    let setup = Setup::new(
-        &db,
-        &LogChoice::Embedded {
-            dir: log_dir.clone(),
-        },
-    )
-    .with(
+    let setup = Setup::embedded(&db, log_dir.clone()).with(
         "CLICKFLOW__COLLECTOR__GEOIP_DB",
         &format!("{:?}", geo.display().to_string()),
     );

@@ -10,12 +10,7 @@ use serde_json::json;
 fn wrong_keys_and_bad_queries_are_refused_with_reasons() {
     let scratch = tempfile::tempdir().unwrap();
     let db = fresh_database();
-    let setup = Setup::new(
-        &db,
-        &LogChoice::Embedded {
-            dir: scratch.path().join("log"),
-        },
-    );
+    let setup = Setup::embedded(&db, scratch.path().join("log"));
     setup.run(&["migrate"]);
     let (site_a, key_a) = setup.add_site("a.test", "Europe/Paris");
     let (_site_b, key_b) = setup.add_site("b.test", "UTC");
@@ -131,12 +126,7 @@ fn wrong_keys_and_bad_queries_are_refused_with_reasons() {
 fn rows_stored_by_older_versions_become_one_row_per_key() {
     let scratch = tempfile::tempdir().unwrap();
     let db = fresh_database();
-    let setup = Setup::new(
-        &db,
-        &LogChoice::Embedded {
-            dir: scratch.path().join("log"),
-        },
-    );
+    let setup = Setup::embedded(&db, scratch.path().join("log"));
     setup.run(&["migrate"]);
     let mut client = postgres::Client::connect(&db, postgres::NoTls).unwrap();
     let partitioned = |client: &mut postgres::Client| -> bool {

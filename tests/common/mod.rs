@@ -70,6 +70,11 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// With an embedded log in `dir`.
+    pub fn embedded(database_url: &str, dir: PathBuf) -> Setup {
+        Setup::new(database_url, &LogChoice::Embedded { dir })
+    }
+
     pub fn new(database_url: &str, log: &LogChoice) -> Setup {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
