@@ -11,6 +11,11 @@
 //! far (VmHWM), the events and visitor-days still open (their day not sealed), RSS per open
 //! event, and the rows stored so far per event with their sketch bytes. Flat RSS and latency
 //! from day 3 on is the target.
+//!
+//! `SOAK_SNAPSHOT=1` ends the process right after the last day's report without freeing
+//! anything: under `heaptrack` (with the bench built on the system allocator, see
+//! `bench/RESULTS.md`), the "leaked" report is then a snapshot of everything the engine holds,
+//! by allocation site.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -186,6 +191,9 @@ fn main() {
                 rows as f64 / events,
                 sketch_bytes as f64 / events,
             );
+        }
+        if std::env::var_os("SOAK_SNAPSHOT").is_some() {
+            std::process::exit(0);
         }
     });
 }

@@ -30,7 +30,7 @@ type Key = (Sym, Bucket, [Sym; 2], [Sym; 2]);
 /// its name and the prop's value (the hit carries each prop key as `prop:<key>` already).
 pub fn goal_keys(h: &Hit) -> Vec<([Sym; 2], [Sym; 2])> {
     let mut out = vec![([GOAL, Sym::NONE], [h.name, Sym::NONE])];
-    for (k, v) in &h.props {
+    for (k, v) in h.props() {
         out.push(([GOAL, *k], [h.name, *v]));
     }
     out

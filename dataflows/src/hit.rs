@@ -31,6 +31,14 @@ pub struct Hit {
     pub client: Client,
     /// ISO 3166-1 alpha-2 code or `unknown`.
     pub country: Sym,
+    /// What few hits have (properties, revenue, a refund's purchase), behind one pointer:
+    /// every open hit is held until its day seals, so its size is the engine's memory.
+    pub extra: Option<Box<Extra>>,
+}
+
+/// The parts of a hit most hits lack.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Extra {
     /// `(prop:<key>, value)`: the key already as the dimension the goals family names.
     pub props: Vec<(Sym, Sym)>,
     /// Amount in millionths and the currency, when the amount parses exactly.
@@ -40,13 +48,21 @@ pub struct Hit {
 }
 
 /// Where a visit came from (see [`crate::enrich::Source`]); empty fields are [`Sym::EMPTY`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Source {
     pub source: Sym,
     pub referrer: Sym,
     pub channel: Sym,
-    /// `utm_source`, `utm_medium`, `utm_campaign`, `utm_term`, `utm_content`.
-    pub utm: [Sym; 5],
+    /// `utm_source`, `utm_medium`, `utm_campaign`, `utm_term`, `utm_content`; `None` when all
+    /// are empty, as on most hits.
+    pub utm: Option<Box<[Sym; 5]>>,
+}
+
+impl Source {
+    /// The `i`-th UTM value (see [`Source::utm`]), [`Sym::EMPTY`] when absent.
+    pub fn utm(&self, i: usize) -> Sym {
+        self.utm.as_ref().map_or(Sym::EMPTY, |utm| utm[i])
+    }
 }
 
 /// Device, browser and operating system; versions already next to their name (`Chrome 120`).
@@ -68,6 +84,18 @@ impl Hit {
         self.name == REFUND_SYM
     }
 
+    pub fn props(&self) -> &[(Sym, Sym)] {
+        self.extra.as_ref().map_or(&[], |x| &x.props)
+    }
+
+    pub fn revenue(&self) -> Option<(i64, Sym)> {
+        self.extra.as_ref().and_then(|x| x.revenue)
+    }
+
+    pub fn refund_of(&self) -> Option<u64> {
+        self.extra.as_ref().and_then(|x| x.refund_of)
+    }
+
     /// Enriches and interns a logged event.
     pub fn intern(event: Event, words: &mut Interner) -> Hit {
         let t = TextHit::from(event);
@@ -85,13 +113,16 @@ impl Hit {
                 source: words.intern(&s.source),
                 referrer: words.intern(&s.referrer),
                 channel: words.intern(s.channel.as_str()),
-                utm: [
-                    words.intern(&s.utm_source),
-                    words.intern(&s.utm_medium),
-                    words.intern(&s.utm_campaign),
-                    words.intern(&s.utm_term),
-                    words.intern(&s.utm_content),
-                ],
+                utm: {
+                    let utm = [
+                        words.intern(&s.utm_source),
+                        words.intern(&s.utm_medium),
+                        words.intern(&s.utm_campaign),
+                        words.intern(&s.utm_term),
+                        words.intern(&s.utm_content),
+                    ];
+                    (utm != [Sym::EMPTY; 5]).then(|| Box::new(utm))
+                },
             },
             client: Client {
                 device: words.intern(&c.device),
@@ -101,16 +132,21 @@ impl Hit {
                 os_version: words.intern_parts(&[&c.os, " ", &c.os_version]),
             },
             country: words.intern(&t.country),
-            props: t
-                .props
-                .iter()
-                .map(|(k, v)| (words.intern_parts(&["prop:", k]), words.intern(v)))
-                .collect(),
-            revenue: t
-                .revenue
-                .as_ref()
-                .and_then(|r| Some((r.micros()?, words.intern(&r.currency)))),
-            refund_of: t.refund_of.as_deref().map(fingerprint),
+            extra: {
+                let extra = Extra {
+                    props: t
+                        .props
+                        .iter()
+                        .map(|(k, v)| (words.intern_parts(&["prop:", k]), words.intern(v)))
+                        .collect(),
+                    revenue: t
+                        .revenue
+                        .as_ref()
+                        .and_then(|r| Some((r.micros()?, words.intern(&r.currency)))),
+                    refund_of: t.refund_of.as_deref().map(fingerprint),
+                };
+                (extra != Extra::default()).then(|| Box::new(extra))
+            },
         }
     }
 }

@@ -128,15 +128,17 @@ impl Rollups {
 }
 
 /// What the sink holds of a stored row while it is open: its metrics' values, and its
-/// sketch's registers in 8 bytes each (a general value would take 24).
+/// sketch's registers in 4 bytes each (a general value would take 24).
 #[derive(Default)]
 pub struct RowState {
     numbers: Multiset<(Sym, i64)>,
     /// The sketch metric; `NONE` while the row has no sketch.
     sketch: Sym,
-    /// ((index, rank), multiplicity), sorted; no inline slot: with SmallVec's `union` layout
-    /// it is the size of a `Vec`.
-    registers: SmallVec<[((u16, u8), i32); 0]>,
+    /// ([index high byte, index low byte, rank], multiplicity), sorted by index then rank;
+    /// no inline slot: with SmallVec's `union` layout it is the size of a `Vec`. A register's
+    /// multiplicity is 1 while it holds a rank and 0 otherwise, -1 or 2 for a moment within
+    /// a round (its old rank retracted, its new one added): a byte holds it.
+    registers: SmallVec<[([u8; 3], i8); 0]>,
 }
 
 impl RowModel<RowKey, Measure> for Rollups {
@@ -156,9 +158,9 @@ impl RowModel<RowKey, Measure> for Rollups {
         let Some((index, rank)) = uniques::unpack(value) else {
             return;
         };
-        // A diff beyond ±2³¹ would take as many updates of one register.
-        let diff = diff.clamp(i32::MIN as isize, i32::MAX as isize) as i32;
-        add_to(&mut state.registers, (index, rank), diff);
+        let [high, low] = index.to_be_bytes();
+        let diff = diff.clamp(i8::MIN as isize, i8::MAX as isize) as i8;
+        add_to(&mut state.registers, [high, low, rank], diff);
     }
 
     fn written(&self, _key: &RowKey, state: &RowState) -> Option<Cell> {
@@ -180,7 +182,7 @@ impl RowModel<RowKey, Measure> for Rollups {
             .registers
             .iter()
             .filter(|(_, d)| *d > 0)
-            .map(|(r, _)| *r)
+            .map(|([high, low, rank], _)| (u16::from_be_bytes([*high, *low]), *rank))
             .collect();
         if let (Some((name, _)), false) = (self.metric(state.sketch), registers.is_empty()) {
             cell.sketch = Some((name, uniques::encode(registers)));

@@ -29,13 +29,13 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
     let refunded = inputs
         .refunds
         .clone()
-        .flat_map(|r| r.refund_of.map(|id| (r.site, id)))
+        .flat_map(|r| r.refund_of().map(|id| (r.site, id)))
         .distinct();
     let paid = inputs
         .hits
         .clone()
         .flat_map(|h| {
-            let (micros, currency) = h.revenue?;
+            let (micros, currency) = h.revenue()?;
             Some(((h.site, h.id), (h, micros, currency)))
         })
         .antijoin(refunded)

@@ -33,11 +33,11 @@ fn dimensions(v: &Visit) -> Vec<(&'static str, Sym)> {
         ("source", s.source),
         ("referrer", s.referrer),
         ("channel", s.channel),
-        ("utm_source", s.utm[0]),
-        ("utm_medium", s.utm[1]),
-        ("utm_campaign", s.utm[2]),
-        ("utm_term", s.utm[3]),
-        ("utm_content", s.utm[4]),
+        ("utm_source", s.utm(0)),
+        ("utm_medium", s.utm(1)),
+        ("utm_campaign", s.utm(2)),
+        ("utm_term", s.utm(3)),
+        ("utm_content", s.utm(4)),
     ]
     .into_iter()
     // Direct visits have no referrer and most have no campaign: no empty rows for them.

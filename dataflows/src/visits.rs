@@ -102,7 +102,7 @@ fn close(site: Sym, visitor: u64, day_end: i64, steps: &[&Hit]) -> Visit {
         interactions: (steps.len() - pageviews.len()) as i64,
         entry_page: pageviews.first().map_or(Sym::NONE, |s| s.page),
         exit_page: pageviews.last().map_or(Sym::NONE, |s| s.page),
-        source: first.source,
+        source: first.source.clone(),
         client: first.client,
         country: first.country,
         page_times,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use foldhash::HashSet;
 
 use crate::stash::Stash;
+use crate::tables::shrink_if_sparse;
 use std::hash::Hash;
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
@@ -114,6 +115,7 @@ where
                     // Idle stretches free memory too.
                     let now = frontier.frontier().iter().min().copied();
                     forget_through(&mut forget, &mut seen, now);
+                    shrink_if_sparse(&mut seen);
                 }
             })
             .as_collection()

@@ -4,21 +4,22 @@
 //! `distinct_total` followed by `count_total` arranges every `(key, member)` pair as a full
 //! update (key, member, time, difference) and again the key; a sketch beside it keeps each
 //! register's values once more. Here a key holds its members once, sorted, with their
-//! multiplicities: about 20 bytes a member. Members are uniform hashes, so a HyperLogLog
-//! register (the members sharing their top bits) is a contiguous range of them and its rank is
-//! read off the range's least member: the sketch costs nothing more to keep.
+//! multiplicities ([`Members`]: about 9 bytes a member in large sets). Members are uniform
+//! hashes, so a HyperLogLog register (the members sharing their top bits) is a contiguous
+//! range of them and its rank is read off the range's least member: the sketch costs nothing
+//! more to keep.
 
-use std::collections::BTreeMap;
 use std::hash::Hash;
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 
+use crate::members::Members;
 use crate::stash::Stash;
+use crate::tables::shrink_if_sparse;
 
 /// What [`DistinctTotal::distinct_total_sketched`] reports of a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -69,67 +70,6 @@ pub trait DistinctTotal<'scope, K> {
         self,
         precision: Option<u32>,
     ) -> VecCollection<'scope, u64, (K, Distinct), isize>;
-}
-
-/// Up to this many members a key keeps them in a sorted vector; beyond, in a B-tree.
-const FEW: usize = 32;
-
-/// A key's members with their multiplicities, sorted by member. Most keys (a site's minute, a
-/// rare page) have one or two members: kept inline in the key's map entry.
-enum Members {
-    Few(SmallVec<[(u64, u32); 2]>),
-    Many(BTreeMap<u64, u32>),
-}
-
-impl Members {
-    fn len(&self) -> usize {
-        match self {
-            Members::Few(v) => v.len(),
-            Members::Many(m) => m.len(),
-        }
-    }
-
-    /// Adds `diff` to the multiplicity of `member`, dropping it at zero.
-    fn add(&mut self, member: u64, diff: i64) {
-        match self {
-            Members::Few(v) => match v.binary_search_by_key(&member, |(m, _)| *m) {
-                Ok(i) => {
-                    let n = v[i].1 as i64 + diff;
-                    if n <= 0 {
-                        v.remove(i);
-                    } else {
-                        v[i].1 = n as u32;
-                    }
-                }
-                Err(i) if diff > 0 => {
-                    v.insert(i, (member, diff as u32));
-                    if v.len() > FEW {
-                        *self = Members::Many(v.drain(..).collect());
-                    }
-                }
-                Err(_) => {}
-            },
-            Members::Many(m) => {
-                let n = m.get(&member).map_or(0, |n| *n as i64) + diff;
-                if n <= 0 {
-                    m.remove(&member);
-                } else {
-                    m.insert(member, n as u32);
-                }
-            }
-        }
-    }
-
-    /// The least member in `[from, to]`.
-    fn first_in(&self, from: u64, to: u64) -> Option<u64> {
-        match self {
-            Members::Few(v) => {
-                let i = v.partition_point(|(m, _)| *m < from);
-                v.get(i).map(|(m, _)| *m).filter(|m| *m <= to)
-            }
-            Members::Many(m) => m.range(from..=to).next().map(|(m, _)| *m),
-        }
-    }
 }
 
 /// The rank of register `index` among `members`, if any member falls in it.
@@ -184,9 +124,7 @@ where
                             if change.is_empty() {
                                 continue;
                             }
-                            let members = keys
-                                .entry(k.clone())
-                                .or_insert_with(|| Members::Few(SmallVec::new()));
+                            let members = keys.entry(k.clone()).or_default();
                             let mut registers: Vec<(u16, Option<u8>)> = Vec::new();
                             if let Some(p) = precision {
                                 // Sorted members: their registers come sorted too.
@@ -231,6 +169,7 @@ where
                                 keys.remove(&k);
                             }
                         }
+                        shrink_if_sparse(&mut keys);
                     }
                 }
             })

@@ -15,6 +15,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::stash::Stash;
+use crate::tables::shrink_if_sparse;
 
 /// A key's present values with their multiplicities, sorted. Most keys (a visitor's day) have
 /// one or two: kept inline.
@@ -130,6 +131,7 @@ where
                                 session.give(((k.clone(), o), time, diff));
                             }
                         }
+                        shrink_if_sparse(&mut keys);
                     }
                 }
             })

@@ -5,13 +5,14 @@
 //! harmless; storing offsets in the same transaction makes the committed state and the
 //! committed progress agree. All updates are routed to worker 0, the single writer.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::Hash;
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use differential_dataflow::VecCollection;
+use hashbrown::HashTable;
 use smallvec::SmallVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -198,10 +199,12 @@ pub fn transactional_sink<'scope, K, V, M, S>(
     let mut pending: Vec<((K, V), u64, isize)> = Vec::new();
     let mut pending_progress: Vec<(u64, PartitionProgress)> = Vec::new();
     // Accumulated value multiplicities of every live key.
-    let mut live: HashMap<K, M::State> = HashMap::new();
-    // Live keys by seal time: once every change before its seal is applied, a key's value is
-    // final (in `dirty` until committed) and its entry is dropped.
-    let mut sealing: BTreeMap<u64, Vec<K>> = BTreeMap::new();
+    let mut live: HashTable<(K, M::State)> = HashTable::new();
+    let hasher = foldhash::fast::FixedState::default();
+    // The hashes of live keys by seal time: once every change before its seal is applied, a
+    // key's value is final (in `dirty` until committed) and its entry is dropped. Any entry
+    // of a due hash whose seal has passed may go, so a collision of hashes costs nothing.
+    let mut sealing: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     // Keys to write with the value they had at their last change before sealing.
     let mut dirty: BTreeMap<K, Option<M::Written>> = BTreeMap::new();
     let mut offsets: BTreeMap<u32, u64> = BTreeMap::new();
@@ -250,10 +253,14 @@ pub fn transactional_sink<'scope, K, V, M, S>(
             if bucket_start < config.write_from || time >= seal {
                 continue;
             }
-            let state = live.entry(key.clone()).or_insert_with(|| {
-                sealing.entry(seal).or_default().push(key.clone());
-                M::State::default()
-            });
+            let hash = hasher.hash_one(&key);
+            let (_, state) = live
+                .entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k))
+                .or_insert_with(|| {
+                    sealing.entry(seal).or_default().push(hash);
+                    (key.clone(), M::State::default())
+                })
+                .into_mut();
             rows.apply(state, value, diff);
             // An emptied entry stays until its seal: a change of value (retraction, then
             // insertion) must not enter the key in `sealing` again.
@@ -264,7 +271,9 @@ pub fn transactional_sink<'scope, K, V, M, S>(
         touched.sort_unstable();
         touched.dedup();
         for key in touched {
-            let now = live.get(&key).and_then(|state| rows.written(&key, state));
+            let now = live
+                .find(hasher.hash_one(&key), |(k, _)| *k == key)
+                .and_then(|(_, state)| rows.written(&key, state));
             dirty.insert(key, now);
         }
         let sealed_before = frontier.unwrap_or(u64::MAX);
@@ -272,9 +281,17 @@ pub fn transactional_sink<'scope, K, V, M, S>(
             if *entry.key() > sealed_before {
                 break;
             }
-            for key in entry.remove() {
-                live.remove(&key);
+            for hash in entry.remove() {
+                while let Ok(sealed) =
+                    live.find_entry(hash, |(k, _)| rows.bounds(k).1 <= sealed_before)
+                {
+                    sealed.remove();
+                }
             }
+        }
+        // See `crate::tables`: the table churns all day and would otherwise keep its peak.
+        if live.capacity() > crate::tables::SMALL && live.len() < live.capacity() / 2 {
+            live.shrink_to(live.len() + live.len() / 4, |(k, _)| hasher.hash_one(k));
         }
         let (ready, rest): (Vec<_>, Vec<_>) =
             pending_progress.drain(..).partition(|(t, _)| complete(*t));
