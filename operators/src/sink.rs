@@ -127,7 +127,13 @@ where
                 values.remove(at);
             }
         }
-        Err(at) => values.insert(at, (value, diff)),
+        Err(at) => {
+            // An eighth more, not double: the sink holds every live row's registers.
+            if values.len() == values.capacity() {
+                values.reserve_exact(values.len() / 8 + 2);
+            }
+            values.insert(at, (value, diff))
+        }
     }
 }
 
