@@ -86,8 +86,8 @@ where
 
 /// How many distinct visitors each key has: `count(DISTINCT visitor) GROUP BY key`. Exact for
 /// every materialized bucket; never add these up across buckets (merge the sketch that
-/// [`visitor_rows`] adds instead). Each key holds its visitors once, sorted (about 20 bytes a
-/// visitor); visitor ids must be uniform 64-bit hashes.
+/// [`visitor_rows`] adds instead). Each key holds its visitors once, sorted (about 10 bytes a
+/// visitor in large sets); visitor ids must be uniform 64-bit hashes.
 pub fn count_distinct_rows<'s, K, F>(
     pairs: VecCollection<'s, u64, (K, u64)>,
     row: F,
