@@ -143,7 +143,7 @@ pub fn prepare<'s>(
             _ => None,
         })
         .first_of_key(
-            |h| (h.site, h.id),
+            |h| h.site.mix(h.id),
             move |h| day_seal_time(h.ts, h.zone.tz(), &forget) + DEDUPE_MARGIN_MS,
         )
         .expire_or_forget(
@@ -161,7 +161,7 @@ pub fn prepare<'s>(
             _ => None,
         })
         .first_of_key(
-            |b| (b.site, b.id),
+            |b| b.site.mix(b.id),
             move |b| day_seal_time(b.ts, b.zone.tz(), &forget) + DEDUPE_MARGIN_MS,
         )
         .expire_at(move |b| expiry_time(day_seal_time(b.ts, b.zone.tz(), &seal), b.id));

@@ -46,6 +46,13 @@ impl Sym {
         self.0 & WORD_BIT != 0
     }
 
+    /// One 64-bit fingerprint of `id` within this symbol (an event id within its site):
+    /// what deduplication remembers, half the bytes of the pair. Ids are already uniform
+    /// 64-bit hashes, so two pairs share a fingerprint with probability 2⁻⁶⁴.
+    pub fn mix(self, id: u64) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(&id.to_le_bytes(), self.0)
+    }
+
     /// The same as [`Sym::word`], with the faster non-`const` hash for text known only at run
     /// time (both compute xxh3, so they agree; a test checks it).
     pub fn of(text: &str) -> Sym {

@@ -105,10 +105,13 @@ where
                             if !seen.insert(k.clone()) {
                                 continue;
                             }
-                            forget
-                                .entry(forget_at(&record).max(time + 1))
-                                .or_default()
-                                .push(k);
+                            let due = forget.entry(forget_at(&record).max(time + 1)).or_default();
+                            // A day's ids share one forget time: a vector of millions, which
+                            // doubling would leave up to half empty.
+                            if due.len() == due.capacity() {
+                                due.reserve_exact(due.len() / 8 + 16);
+                            }
+                            due.push(k);
                             session.give((record, time, 1));
                         }
                     }
