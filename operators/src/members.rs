@@ -176,16 +176,11 @@ impl Members {
                     }
                     Err(_) => {}
                 }
-                if *len <= FEW / 2 {
-                    let few = chunks
-                        .iter()
-                        .flat_map(|c| {
-                            (0..c.members.len()).map(move |at| (c.members[at], c.count(at)))
-                        })
-                        .collect();
-                    *self = Members::Few(few);
-                }
             }
+        }
+        if matches!(self, Members::Many { len, .. } if *len <= FEW / 2) {
+            let few = self.iter().collect();
+            *self = Members::Few(few);
         }
     }
 

@@ -19,6 +19,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::Stream;
 
 use crate::source::PartitionProgress;
+use crate::tables::shrunk_capacity;
 use crate::time::Millis;
 
 /// One atomic write: everything that changed among unsealed keys since the last commit, and
@@ -296,8 +297,8 @@ pub fn transactional_sink<'scope, K, V, M, S>(
             }
         }
         // See `crate::tables`: the table churns all day and would otherwise keep its peak.
-        if live.capacity() > crate::tables::SMALL && live.len() < live.capacity() / 2 {
-            live.shrink_to(live.len() + live.len() / 4, |(k, _)| hasher.hash_one(k));
+        if let Some(capacity) = shrunk_capacity(live.len(), live.capacity()) {
+            live.shrink_to(capacity, |(k, _)| hasher.hash_one(k));
         }
         let (ready, rest): (Vec<_>, Vec<_>) =
             pending_progress.drain(..).partition(|(t, _)| complete(*t));

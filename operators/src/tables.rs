@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash};
 
 /// Tables smaller than this are left alone.
-pub(crate) const SMALL: usize = 4_096;
+const SMALL: usize = 4_096;
 
 /// What [`shrink_if_sparse`] needs of a table.
 pub trait Shrink {
@@ -46,8 +46,13 @@ impl<K: Eq + Hash, S: BuildHasher> Shrink for HashSet<K, S> {
 /// Rehashes `table` into a quarter more room than its keys need once they fill less than
 /// half of what it holds.
 pub fn shrink_if_sparse(table: &mut impl Shrink) {
-    let (len, capacity) = (table.entries(), table.capacity());
-    if capacity > SMALL && len < capacity / 2 {
-        table.shrink_to(len + len / 4);
+    if let Some(capacity) = shrunk_capacity(table.entries(), table.capacity()) {
+        table.shrink_to(capacity);
     }
+}
+
+/// The capacity a table of `len` entries and room for `capacity` should shrink to, if any
+/// (for tables [`Shrink`] cannot reach, such as a `HashTable` that needs its hasher).
+pub fn shrunk_capacity(len: usize, capacity: usize) -> Option<usize> {
+    (capacity > SMALL && len < capacity / 2).then_some(len + len / 4)
 }
