@@ -89,6 +89,16 @@ pub struct Cell {
     pub sketch: Option<(&'static str, Vec<u8>)>,
 }
 
+/// A rollup row as the sink settles it, on any worker: metrics by symbol. The writer renders
+/// it into a [`Cell`] ([`Rollups::cell`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Settled {
+    /// Metric and value, by metric; a metric of value zero is absent.
+    pub numbers: Vec<(Sym, i64)>,
+    /// The sketch metric and its registers, [`uniques::encode`]d.
+    pub sketch: Option<(Sym, Vec<u8>)>,
+}
+
 /// The metric part of a row on its way to the sink, the rest of the key being [`RowKey::row`].
 pub type Measure = (Sym, i64);
 
@@ -114,6 +124,28 @@ impl Rollups {
             seal_lateness_ms,
             metrics,
         }
+    }
+
+    /// `row` with its metrics named.
+    pub fn cell(&self, row: &Settled) -> Cell {
+        let name = |metric: Sym| {
+            let named = self.metric(metric).map(|(name, _)| name);
+            if named.is_none() {
+                tracing::error!(?metric, "a row of a metric no family names");
+            }
+            named
+        };
+        let mut numbers: Vec<(&'static str, i64)> = row
+            .numbers
+            .iter()
+            .filter_map(|(metric, v)| Some((name(*metric)?, *v)))
+            .collect();
+        numbers.sort_unstable();
+        let sketch = row
+            .sketch
+            .as_ref()
+            .and_then(|(metric, registers)| Some((name(*metric)?, registers.clone())));
+        Cell { numbers, sketch }
     }
 
     /// The name of `metric` and whether it is a sketch.
@@ -142,7 +174,7 @@ pub struct RowState {
 }
 
 impl RowModel<RowKey, Measure> for Rollups {
-    type Written = Cell;
+    type Written = Settled;
     type State = RowState;
 
     fn bounds(&self, key: &RowKey) -> (i64, u64) {
@@ -163,31 +195,25 @@ impl RowModel<RowKey, Measure> for Rollups {
         add_to(&mut state.registers, [high, low, rank], diff);
     }
 
-    fn written(&self, _key: &RowKey, state: &RowState) -> Option<Cell> {
-        let mut cell = Cell::default();
+    fn written(&self, _key: &RowKey, state: &RowState) -> Option<Settled> {
+        let mut row = Settled::default();
         // Sorted by metric, then value: each metric's values are one run.
         for run in state.numbers.chunk_by(|a, b| a.0 .0 == b.0 .0) {
-            let metric = run[0].0 .0;
-            let Some((name, _)) = self.metric(metric) else {
-                tracing::error!(?metric, "a row of a metric no family names");
-                continue;
-            };
             let current = run.iter().find(|(_, d)| *d > 0).map(|((_, v), _)| *v);
             if let Some(v) = current.filter(|v| *v != 0) {
-                cell.numbers.push((name, v));
+                row.numbers.push((run[0].0 .0, v));
             }
         }
-        cell.numbers.sort_unstable();
         let registers: Vec<(u16, u8)> = state
             .registers
             .iter()
             .filter(|(_, d)| *d > 0)
             .map(|([high, low, rank], _)| (u16::from_be_bytes([*high, *low]), *rank))
             .collect();
-        if let (Some((name, _)), false) = (self.metric(state.sketch), registers.is_empty()) {
-            cell.sketch = Some((name, uniques::encode(registers)));
+        if state.sketch != Sym::NONE && !registers.is_empty() {
+            row.sketch = Some((state.sketch, uniques::encode(registers)));
         }
-        (!cell.numbers.is_empty() || cell.sketch.is_some()).then_some(cell)
+        (!row.numbers.is_empty() || row.sketch.is_some()).then_some(row)
     }
 }
 

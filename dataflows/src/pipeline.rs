@@ -13,18 +13,19 @@ use clickflow_operators::sink::{
     transactional_sink, CommitBatch, SinkConfig, SinkStatus, Transaction,
 };
 use clickflow_operators::source::PartitionProgress;
-use clickflow_operators::stash::Stash;
 use clickflow_operators::time::{bucket_of, seal_time, Granularity};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::{AsCollection, VecCollection};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Filter;
+use timely::dataflow::operators::Concat;
 use timely::dataflow::Stream;
 
 use crate::event::Record;
 use crate::hit::{Bot, Hit};
-use crate::metric::{visit_rows_open_until, Cell, Measure, MetricKey, Rollups, Row, RowKey};
+use crate::metric::{visit_rows_open_until, Cell, Measure, MetricKey, Rollups, RowKey, Settled};
 use crate::registry::{Family, FAMILIES};
 use crate::settings::Settings;
 use crate::symbol::{Dictionary, Interner, Sym};
@@ -176,12 +177,14 @@ pub fn prepare<'s>(
     (inputs, words)
 }
 
-/// Every family's rows on worker 0, the sink's worker, each released once its time is
-/// complete on the words too, and the dictionary that renders them: the sink holds the
-/// interned rows (a few integers each) and renders only what it writes.
+/// Every family's rows, shaped for the sink, and the dictionary that renders them: the sink
+/// holds the interned rows (a few integers each) and renders only what it writes.
 pub struct Rollup<'s> {
     /// Each metric row as (stored row, (metric, value)).
     pub rows: VecCollection<'s, u64, (RowKey, Measure)>,
+    /// Carries nothing; its frontier is that of the words the dictionary has learned. The
+    /// sink's commits wait for it, so every word a committed row uses is known by then.
+    learned: Stream<'s, u64, Vec<PartitionProgress>>,
     pub dictionary: Rc<RefCell<Dictionary>>,
     pub model: Rollups,
 }
@@ -197,8 +200,10 @@ impl<'s> Rollup<'s> {
     ) {
         let target = Rendering {
             dictionary: self.dictionary,
+            model: self.model.clone(),
             inner: target,
         };
+        let progress = progress.concat(self.learned);
         transactional_sink(self.rows, progress, config, self.model, target, status);
     }
 }
@@ -243,7 +248,8 @@ pub fn metrics_with<'s>(
         .as_collection();
     let dictionary = Rc::new(RefCell::new(fixed_words(&families)));
     Rollup {
-        rows: with_words(open, words, dictionary.clone()),
+        rows: open.map(|(key, value)| (key.row(), (key.metric, value))),
+        learned: learn(words, dictionary.clone()),
         dictionary,
         model: Rollups::new(lateness, &families),
     }
@@ -262,55 +268,37 @@ fn fixed_words(families: &[&'static Family]) -> Dictionary {
     Dictionary::with(fixed)
 }
 
-/// Brings rows to worker 0 (the sink's worker) and learns their words: a row waits until its
-/// time is complete on both inputs, by which time every word it uses is in `dictionary`.
-fn with_words<'s>(
-    rows: VecCollection<'s, u64, Row>,
+/// Teaches `dictionary` (worker 0's, where the sink writes) every word. The stream returned
+/// carries nothing: its frontier says which times' words are all learned.
+fn learn<'s>(
     words: VecCollection<'s, u64, (Sym, String)>,
     dictionary: Rc<RefCell<Dictionary>>,
-) -> VecCollection<'s, u64, (RowKey, Measure)> {
-    rows.inner
-        .binary_frontier(
-            words.inner,
-            Exchange::new(|_: &(Row, u64, isize)| 0),
-            Exchange::new(|_: &((Sym, String), u64, isize)| 0),
-            "Words",
-            |_cap, _info| {
-                let mut waiting: Stash<(Row, isize)> = Stash::default();
-                move |(rows_in, rows_frontier), (words_in, words_frontier), output| {
-                    words_in.for_each(|_cap, data| {
-                        let mut dictionary = dictionary.borrow_mut();
-                        for ((sym, text), _, _) in data.drain(..) {
-                            dictionary.insert(sym, &text);
-                        }
-                    });
-                    rows_in.for_each(|cap, data| {
-                        for (row, time, diff) in data.drain(..) {
-                            waiting.push(&cap, time, (row, diff));
-                        }
-                    });
-                    let complete =
-                        |t: u64| !rows_frontier.less_equal(&t) && !words_frontier.less_equal(&t);
-                    while let Some((time, cap, rows)) = waiting.pop_complete(complete) {
-                        let mut session = output.session(&cap);
-                        for ((key, value), diff) in rows {
-                            session.give(((key.row(), (key.metric, value)), time, diff));
-                        }
+) -> Stream<'s, u64, Vec<PartitionProgress>> {
+    let to_writer = Exchange::new(|_: &((Sym, String), u64, isize)| 0);
+    type Nothing = CapacityContainerBuilder<Vec<PartitionProgress>>;
+    words
+        .inner
+        .unary::<Nothing, _, _, _>(to_writer, "LearnWords", move |_cap, _info| {
+            move |input, _output| {
+                input.for_each(|_cap, data| {
+                    let mut dictionary = dictionary.borrow_mut();
+                    for ((sym, text), _, _) in data.drain(..) {
+                        dictionary.insert(sym, &text);
                     }
-                }
-            },
-        )
-        .as_collection()
+                });
+            }
+        })
 }
 
 /// Renders the batches of interned rows the sink commits into text for `inner`.
 struct Rendering<T> {
     dictionary: Rc<RefCell<Dictionary>>,
+    model: Rollups,
     inner: T,
 }
 
-impl<T: Transaction<MetricKey, Cell>> Transaction<RowKey, Cell> for Rendering<T> {
-    fn commit(&mut self, batch: &CommitBatch<RowKey, Cell>) -> Result<(), String> {
+impl<T: Transaction<MetricKey, Cell>> Transaction<RowKey, Settled> for Rendering<T> {
+    fn commit(&mut self, batch: &CommitBatch<RowKey, Settled>) -> Result<(), String> {
         let dictionary = self.dictionary.borrow();
         let render = |key: &RowKey| {
             let (text, known) = key.render(&dictionary);
@@ -323,7 +311,7 @@ impl<T: Transaction<MetricKey, Cell>> Transaction<RowKey, Cell> for Rendering<T>
             upserts: batch
                 .upserts
                 .iter()
-                .map(|(k, v)| (render(k), v.clone()))
+                .map(|(k, v)| (render(k), self.model.cell(v)))
                 .collect(),
             deletes: batch.deletes.iter().map(render).collect(),
             progress: batch.progress.clone(),

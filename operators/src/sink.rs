@@ -3,9 +3,15 @@
 //!
 //! Writing absolute values makes a commit idempotent, so a restart that re-emits state is
 //! harmless; storing offsets in the same transaction makes the committed state and the
-//! committed progress agree. All updates are routed to worker 0, the single writer.
+//! committed progress agree.
+//!
+//! Two stages: every worker settles the keys that hash to it (accumulates their changes and
+//! reads each touched key's value once its round is complete), and worker 0, the single
+//! writer, gathers only those settled values. The per-update work is spread over all workers;
+//! the writer sees one value per changed key and round.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +22,8 @@ use hashbrown::HashTable;
 use smallvec::SmallVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::source::PartitionProgress;
@@ -93,8 +101,8 @@ pub struct SinkStatus {
 
 /// How the sink reads the rows it is given, and what it holds of each live key.
 pub trait RowModel<K, V> {
-    /// What a row is written as.
-    type Written: Clone;
+    /// What a row is written as (settled on any worker, written by worker 0).
+    type Written: timely::ExchangeData + Clone;
     /// What the sink holds of a live key: the multiplicities of its values, in a form of the
     /// model's choosing.
     type State: Default;
@@ -141,7 +149,9 @@ where
 /// Rows of one value each, bounded by a function of the key.
 pub struct OneValue<B>(pub B);
 
-impl<K, V: Ord + Clone, B: Fn(&K) -> (Millis, u64)> RowModel<K, V> for OneValue<B> {
+impl<K, V: Ord + Clone + timely::ExchangeData, B: Fn(&K) -> (Millis, u64)> RowModel<K, V>
+    for OneValue<B>
+{
     type Written = V;
     type State = Multiset<V>;
     fn bounds(&self, key: &K) -> (Millis, u64) {
@@ -156,7 +166,8 @@ impl<K, V: Ord + Clone, B: Fn(&K) -> (Millis, u64)> RowModel<K, V> for OneValue<
 }
 
 /// Sinks `updates` through `target` on worker 0; `rows` says how keys are bounded in time
-/// and what their values are written as.
+/// and what their values are written as. Commits wait for `progress` too: its frontier, not
+/// only its offsets, bounds what a commit may claim.
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
@@ -188,7 +199,7 @@ pub fn transactional_sink<'scope, K, V, M, S>(
     progress: Stream<'scope, u64, Vec<PartitionProgress>>,
     config: SinkConfig,
     rows: M,
-    mut target: S,
+    target: S,
     status: Arc<SinkStatus>,
 ) where
     K: timely::ExchangeData + Ord + Hash + Clone,
@@ -196,24 +207,154 @@ pub fn transactional_sink<'scope, K, V, M, S>(
     M: RowModel<K, V> + 'static,
     S: Transaction<K, M::Written> + 'static,
 {
-    let scope = updates.scope();
+    let settled = settle(updates, rows, config.write_from);
+    write(settled, progress, config, target, status);
+}
+
+/// A key's value as of the end of a round (`None`: the key has no row).
+type Settled<K, W> = (K, Option<W>);
+/// Settled values on their way from every worker to the writer.
+type SettledStream<'scope, K, W> = Stream<'scope, u64, Vec<(Settled<K, W>, u64, isize)>>;
+
+/// Every worker, for the keys that hash to it: applies complete changes in time order and
+/// emits each touched key's value once per round, at the round's last time. Changes at or
+/// after a key's seal are expiry retractions and are dropped, so sealed rows stay as written.
+fn settle<'scope, K, V, M>(
+    updates: VecCollection<'scope, u64, (K, V), isize>,
+    rows: M,
+    write_from: Millis,
+) -> SettledStream<'scope, K, M::Written>
+where
+    K: timely::ExchangeData + Eq + Hash + Clone,
+    V: timely::ExchangeData,
+    M: RowModel<K, V> + 'static,
+{
+    let hasher = foldhash::fast::FixedState::default();
+    let route = move |((k, _), _, _): &((K, V), u64, isize)| {
+        foldhash::fast::FixedState::default().hash_one(k)
+    };
+    updates
+        .inner
+        .unary_frontier(Exchange::new(route), "SinkSettle", move |_cap, _info| {
+            let mut pending: Vec<((K, V), u64, isize)> = Vec::new();
+            // The least capability of the updates in `pending`.
+            let mut held: Option<Capability<u64>> = None;
+            // Accumulated value multiplicities of every live key.
+            let mut live: HashTable<(K, M::State)> = HashTable::new();
+            // The hashes of live keys by seal time: once every change before its seal is
+            // applied, a key's value is final (already emitted) and its entry is dropped. Any
+            // entry of a due hash whose seal has passed may go, so a collision costs nothing.
+            let mut sealing: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+            let mut touched: Vec<(u64, K)> = Vec::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    pending.append(data);
+                    if let Some(cap) = cap.retain_least(0) {
+                        if held.as_ref().is_none_or(|h| cap.time() < h.time()) {
+                            held = Some(cap);
+                        }
+                    }
+                });
+                let complete = |t: u64| !frontier.less_equal(&t);
+                // Complete updates in time order, so an expiry is recognised by its time.
+                let (mut ready, rest): (Vec<_>, Vec<_>) =
+                    pending.drain(..).partition(|u| complete(u.1));
+                pending = rest;
+                ready.sort_by_key(|u| u.1);
+                let last = ready.last().map(|u| u.1);
+                for ((key, value), time, diff) in ready {
+                    let (bucket_start, seal) = rows.bounds(&key);
+                    if bucket_start < write_from || time >= seal {
+                        continue;
+                    }
+                    let hash = hasher.hash_one(&key);
+                    let (_, state) = live
+                        .entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k))
+                        .or_insert_with(|| {
+                            sealing.entry(seal).or_default().push(hash);
+                            (key.clone(), M::State::default())
+                        })
+                        .into_mut();
+                    rows.apply(state, value, diff);
+                    // An emptied entry stays until its seal: a change of value (retraction,
+                    // then insertion) must not enter `sealing` twice.
+                    touched.push((hash, key));
+                }
+                // Values are read once per round, after all of its changes, and before sealed
+                // keys leave `live`. Sorting by hash brings equal keys together; keys of equal
+                // hashes that interleave are merely read twice.
+                if let (Some(time), Some(cap)) = (last, &held) {
+                    touched.sort_unstable_by_key(|(hash, _)| *hash);
+                    touched.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+                    let cap = cap.delayed(&time);
+                    let mut session = output.session(&cap);
+                    for (hash, key) in touched.drain(..) {
+                        let now = live
+                            .find(hash, |(k, _)| *k == key)
+                            .and_then(|(_, state)| rows.written(&key, state));
+                        session.give(((key, now), time, 1));
+                    }
+                }
+                match pending.iter().map(|u| u.1).min() {
+                    Some(earliest) => {
+                        if let Some(cap) = held.as_mut() {
+                            cap.downgrade(&earliest);
+                        }
+                    }
+                    None => held = None,
+                }
+                let sealed_before = frontier
+                    .frontier()
+                    .iter()
+                    .min()
+                    .copied()
+                    .unwrap_or(u64::MAX);
+                while let Some(entry) = sealing.first_entry() {
+                    if *entry.key() > sealed_before {
+                        break;
+                    }
+                    for hash in entry.remove() {
+                        while let Ok(sealed) =
+                            live.find_entry(hash, |(k, _)| rows.bounds(k).1 <= sealed_before)
+                        {
+                            sealed.remove();
+                        }
+                    }
+                }
+                // See `crate::tables`: the table churns all day and would otherwise keep its
+                // peak.
+                if let Some(capacity) = shrunk_capacity(live.len(), live.capacity()) {
+                    live.shrink_to(capacity, |(k, _)| hasher.hash_one(k));
+                }
+            }
+        })
+}
+
+/// Worker 0: gathers settled values and commits them with the offsets they reflect.
+fn write<'scope, K, W, S>(
+    settled: SettledStream<'scope, K, W>,
+    progress: Stream<'scope, u64, Vec<PartitionProgress>>,
+    config: SinkConfig,
+    mut target: S,
+    status: Arc<SinkStatus>,
+) where
+    K: timely::ExchangeData + Ord + Hash + Clone,
+    W: timely::ExchangeData + Clone,
+    S: Transaction<K, W> + 'static,
+{
+    let scope = settled.scope();
     let mut builder = OperatorBuilder::new("TransactionalSink".to_owned(), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address);
-    let mut data_in = builder.new_input(updates.inner, Exchange::new(|_: &((K, V), u64, isize)| 0));
+    let to_writer = |_: &(Settled<K, W>, u64, isize)| 0;
+    let mut data_in = builder.new_input(settled, Exchange::new(to_writer));
     let mut progress_in = builder.new_input(progress, Exchange::new(|_: &PartitionProgress| 0));
 
-    let mut pending: Vec<((K, V), u64, isize)> = Vec::new();
+    let mut pending: Vec<(Settled<K, W>, u64)> = Vec::new();
     let mut pending_progress: Vec<(u64, PartitionProgress)> = Vec::new();
-    // Accumulated value multiplicities of every live key.
-    let mut live: HashTable<(K, M::State)> = HashTable::new();
-    let hasher = foldhash::fast::FixedState::default();
-    // The hashes of live keys by seal time: once every change before its seal is applied, a
-    // key's value is final (in `dirty` until committed) and its entry is dropped. Any entry
-    // of a due hash whose seal has passed may go, so a collision of hashes costs nothing.
-    let mut sealing: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    // Keys to write with the value they had at their last change before sealing.
-    let mut dirty: BTreeMap<K, Option<M::Written>> = BTreeMap::new();
+    // Keys to write, with the time of the value and the value. A key is settled on one
+    // worker, in time order, but two rounds' values may arrive in either order.
+    let mut dirty: HashMap<K, (u64, Option<W>), foldhash::fast::RandomState> = HashMap::default();
     let mut offsets: BTreeMap<u32, u64> = BTreeMap::new();
     let mut offsets_dirty = false;
     // The ingest time just past the latest record read: what a finished (bounded) run
@@ -232,7 +373,9 @@ pub fn transactional_sink<'scope, K, V, M, S>(
     status.holding.store(holding as u64, Ordering::Relaxed);
 
     let mut logic = move |frontiers: &[timely::progress::frontier::MutableAntichain<u64>]| {
-        data_in.for_each(|_cap, data| pending.append(data));
+        data_in.for_each(|_cap, data| {
+            pending.extend(data.drain(..).map(|(settled, time, _)| (settled, time)))
+        });
         progress_in.for_each(|cap, data| {
             if let Some(time) = cap.least().copied() {
                 pending_progress.extend(data.drain(..).map(|p| (time, p)));
@@ -248,57 +391,25 @@ pub fn transactional_sink<'scope, K, V, M, S>(
         };
         let complete = |t: u64| frontier.is_none_or(|f| t < f);
 
-        // Apply completed updates in time order so an expiry is recognised by its time.
-        let (mut ready, rest): (Vec<_>, Vec<_>) = pending.drain(..).partition(|u| complete(u.1));
-        pending = rest;
-        ready.sort_by_key(|u| u.1);
-        let mut touched: Vec<K> = Vec::new();
-        for ((key, value), time, diff) in ready {
-            let (bucket_start, seal) = rows.bounds(&key);
-            // At or after the seal time only expiry retractions arrive: the row as last
-            // written (or about to be) is final.
-            if bucket_start < config.write_from || time >= seal {
+        // Settled values of times the progress has not passed wait, so a commit never holds
+        // a value its offsets do not reflect.
+        let mut i = 0;
+        while i < pending.len() {
+            if !complete(pending[i].1) {
+                i += 1;
                 continue;
             }
-            let hash = hasher.hash_one(&key);
-            let (_, state) = live
-                .entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k))
-                .or_insert_with(|| {
-                    sealing.entry(seal).or_default().push(hash);
-                    (key.clone(), M::State::default())
-                })
-                .into_mut();
-            rows.apply(state, value, diff);
-            // An emptied entry stays until its seal: a change of value (retraction, then
-            // insertion) must not enter the key in `sealing` again.
-            touched.push(key);
-        }
-        // Values are read once per round, after all of its changes, and before sealed keys
-        // leave `live`.
-        touched.sort_unstable();
-        touched.dedup();
-        for key in touched {
-            let now = live
-                .find(hasher.hash_one(&key), |(k, _)| *k == key)
-                .and_then(|(_, state)| rows.written(&key, state));
-            dirty.insert(key, now);
-        }
-        let sealed_before = frontier.unwrap_or(u64::MAX);
-        while let Some(entry) = sealing.first_entry() {
-            if *entry.key() > sealed_before {
-                break;
-            }
-            for hash in entry.remove() {
-                while let Ok(sealed) =
-                    live.find_entry(hash, |(k, _)| rows.bounds(k).1 <= sealed_before)
-                {
-                    sealed.remove();
+            let ((key, value), time) = pending.swap_remove(i);
+            match dirty.entry(key) {
+                Entry::Occupied(mut held) => {
+                    if held.get().0 <= time {
+                        held.insert((time, value));
+                    }
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert((time, value));
                 }
             }
-        }
-        // See `crate::tables`: the table churns all day and would otherwise keep its peak.
-        if let Some(capacity) = shrunk_capacity(live.len(), live.capacity()) {
-            live.shrink_to(capacity, |(k, _)| hasher.hash_one(k));
         }
         let (ready, rest): (Vec<_>, Vec<_>) =
             pending_progress.drain(..).partition(|(t, _)| complete(*t));
@@ -349,12 +460,15 @@ pub fn transactional_sink<'scope, K, V, M, S>(
             frontier: frontier.unwrap_or(read_until),
             replace_from: replace_next.then_some(config.write_from),
         };
-        for (key, value) in &dirty {
+        for (key, (_, value)) in &dirty {
             match value {
                 Some(v) => batch.upserts.push((key.clone(), v.clone())),
                 None => batch.deletes.push(key.clone()),
             }
         }
+        // In key order, as a reader of the batch (and a test) expects whatever the hashing.
+        batch.upserts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        batch.deletes.sort_unstable();
         match target.commit(&batch) {
             Ok(()) => {
                 retry_at = None;
