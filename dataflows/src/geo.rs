@@ -22,7 +22,7 @@ fn dimensions(v: &Visit) -> Vec<(&'static str, Sym)> {
 }
 
 fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, Row> {
-    visit_breakdown(inputs.visits.clone(), FAMILY.name, dimensions, false)
+    visit_breakdown(inputs.visits(), FAMILY.name, dimensions, false)
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64
     // (pageviews, (entries, exits), (ms on page, timed pageviews)): one arrangement per page
     // row (differential's tuple differences go up to four, and nest).
     type Sums = (isize, (isize, isize), (isize, isize));
-    let from_visits = inputs.visits.clone().flat_map(|v: Arc<Visit>| {
+    let from_visits = inputs.visits().flat_map(|v: Arc<Visit>| {
         let tz = v.zone.tz();
         let mut out: Vec<(Key, Sums)> = Vec::with_capacity(4 + v.page_times.len() * 2);
         for g in VISIT_GRANULARITIES {

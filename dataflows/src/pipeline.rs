@@ -41,10 +41,22 @@ pub struct Inputs<'s> {
     pub hits: VecCollection<'s, u64, Arc<Hit>>,
     /// `refund` events; `refund_of` names the purchase they take back.
     pub refunds: VecCollection<'s, u64, Arc<Hit>>,
-    /// Visits rebuilt from `hits`.
-    pub visits: VecCollection<'s, u64, Arc<Visit>>,
     /// Hits the collector recognised as bots.
     pub bots: VecCollection<'s, u64, Bot>,
+    /// Visits rebuilt from `hits`, once a family asks for them ([`Inputs::visits`]).
+    visits: RefCell<Option<VecCollection<'s, u64, Arc<Visit>>>>,
+    settings: Settings,
+}
+
+impl<'s> Inputs<'s> {
+    /// Visits rebuilt from `hits`. Sessionizing is built on the first call only: a job whose
+    /// families read no visits (traffic, goals, revenue) does not pay for it.
+    pub fn visits(&self) -> VecCollection<'s, u64, Arc<Visit>> {
+        self.visits
+            .borrow_mut()
+            .get_or_insert_with(|| visits(self.hits.clone(), &self.settings).map(Arc::new))
+            .clone()
+    }
 }
 
 /// The ingest time after which no row needs a record of event time `ts` any more. All records
@@ -169,10 +181,11 @@ pub fn prepare<'s>(
     let refunds = kept.clone().filter(|h| h.is_refund());
     let hits = kept.filter(|h| !h.is_refund());
     let inputs = Inputs {
-        visits: visits(hits.clone(), settings).map(Arc::new),
         hits,
         refunds,
         bots,
+        visits: RefCell::new(None),
+        settings: settings.clone(),
     };
     (inputs, words)
 }

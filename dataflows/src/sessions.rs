@@ -20,7 +20,7 @@ pub const FAMILY: Family = Family {
 };
 
 fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, Row> {
-    let per_bucket = inputs.visits.clone().flat_map(|v| {
+    let per_bucket = inputs.visits().flat_map(|v| {
         let tz = v.zone.tz();
         VISIT_GRANULARITIES.map(|g| {
             let b = bucket_of(v.start, g, tz);

@@ -46,7 +46,7 @@ fn dimensions(v: &Visit) -> Vec<(&'static str, Sym)> {
 }
 
 fn build<'s>(inputs: &Inputs<'s>, _settings: &Settings) -> VecCollection<'s, u64, Row> {
-    visit_breakdown(inputs.visits.clone(), FAMILY.name, dimensions, true)
+    visit_breakdown(inputs.visits(), FAMILY.name, dimensions, true)
 }
 
 #[cfg(test)]

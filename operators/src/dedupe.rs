@@ -85,12 +85,12 @@ where
                 };
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
-                        for (record, time, diff) in data.drain(..) {
-                            debug_assert!(diff > 0, "first_of_key needs an append-only input");
-                            if diff > 0 {
-                                waiting.push(&cap, time, record);
-                            }
-                        }
+                        debug_assert!(
+                            data.iter().all(|(_, _, diff)| *diff > 0),
+                            "first_of_key needs an append-only input"
+                        );
+                        let appended = data.drain(..).filter(|(_, _, diff)| *diff > 0);
+                        waiting.extend(&cap, appended.map(|(record, time, _)| (time, record)));
                     });
                     while let Some((time, cap, mut records)) =
                         waiting.pop_complete(|t| !frontier.less_equal(&t))

@@ -97,9 +97,7 @@ where
                 let mut keys: HashMap<K, Members> = HashMap::default();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
-                        for (km, time, diff) in data.drain(..) {
-                            waiting.push(&cap, time, (km, diff));
-                        }
+                        waiting.extend(&cap, data.drain(..).map(|(km, t, diff)| (t, (km, diff))));
                     });
                     while let Some((time, cap, updates)) =
                         waiting.pop_complete(|t| !frontier.less_equal(&t))

@@ -80,9 +80,7 @@ where
                 let mut after: Vec<(O, isize)> = Vec::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
-                        for (kv, time, diff) in data.drain(..) {
-                            waiting.push(&cap, time, (kv, diff));
-                        }
+                        waiting.extend(&cap, data.drain(..).map(|(kv, t, diff)| (t, (kv, diff))));
                     });
                     while let Some((time, cap, updates)) =
                         waiting.pop_complete(|t| !frontier.less_equal(&t))

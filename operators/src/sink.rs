@@ -256,10 +256,19 @@ where
                     }
                 });
                 let complete = |t: u64| !frontier.less_equal(&t);
-                // Complete updates in time order, so an expiry is recognised by its time.
-                let (mut ready, rest): (Vec<_>, Vec<_>) =
-                    pending.drain(..).partition(|u| complete(u.1));
-                pending = rest;
+                // Complete updates in time order, so an expiry is recognised by its time. No
+                // update is earlier than the capability held: while that is incomplete, so
+                // are they all, and an activation costs nothing per update held.
+                let mut ready = Vec::new();
+                if held.as_ref().is_some_and(|h| complete(*h.time())) {
+                    if pending.iter().all(|u| complete(u.1)) {
+                        ready = std::mem::take(&mut pending);
+                    } else {
+                        let rest;
+                        (ready, rest) = pending.drain(..).partition(|u| complete(u.1));
+                        pending = rest;
+                    }
+                }
                 ready.sort_by_key(|u| u.1);
                 let last = ready.last().map(|u| u.1);
                 for ((key, value), time, diff) in ready {
@@ -295,13 +304,15 @@ where
                         session.give(((key, now), time, 1));
                     }
                 }
-                match pending.iter().map(|u| u.1).min() {
-                    Some(earliest) => {
-                        if let Some(cap) = held.as_mut() {
-                            cap.downgrade(&earliest);
+                if last.is_some() {
+                    match pending.iter().map(|u| u.1).min() {
+                        Some(earliest) => {
+                            if let Some(cap) = held.as_mut() {
+                                cap.downgrade(&earliest);
+                            }
                         }
+                        None => held = None,
                     }
-                    None => held = None,
                 }
                 let sealed_before = frontier
                     .frontier()

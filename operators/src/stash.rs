@@ -29,6 +29,27 @@ impl<D> Stash<D> {
             .push(update);
     }
 
+    /// Holds `updates` (time, update), which `cap` can reach. A message's updates mostly
+    /// share one time: each run of one time finds its group once.
+    pub fn extend(
+        &mut self,
+        cap: &InputCapability<u64>,
+        updates: impl IntoIterator<Item = (u64, D)>,
+    ) {
+        let mut updates = updates.into_iter().peekable();
+        while let Some((time, update)) = updates.next() {
+            let group = &mut self
+                .waiting
+                .entry(time)
+                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
+                .1;
+            group.push(update);
+            while let Some((_, update)) = updates.next_if(|(t, _)| *t == time) {
+                group.push(update);
+            }
+        }
+    }
+
     /// The earliest time held.
     pub fn next_time(&self) -> Option<u64> {
         self.waiting.keys().next().copied()
