@@ -211,6 +211,9 @@ pub fn transactional_sink<'scope, K, V, M, S>(
     write(settled, progress, config, target, status);
 }
 
+/// Seeds the hash that picks a key's settling worker (any constant; the same everywhere).
+const ROUTING_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
 /// A key's value as of the end of a round (`None`: the key has no row).
 type Settled<K, W> = (K, Option<W>);
 /// Settled values on their way from every worker to the writer.
@@ -230,8 +233,10 @@ where
     M: RowModel<K, V> + 'static,
 {
     let hasher = foldhash::fast::FixedState::default();
+    // Routing by another hash than the table's: with the same one, every key on a worker
+    // would share the hash's low bits modulo the workers, and leave table slots unused.
     let route = move |((k, _), _, _): &((K, V), u64, isize)| {
-        foldhash::fast::FixedState::default().hash_one(k)
+        foldhash::fast::FixedState::with_seed(ROUTING_SEED).hash_one(k)
     };
     updates
         .inner
