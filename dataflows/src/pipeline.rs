@@ -19,7 +19,7 @@ use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Filter;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::Stream;
 
@@ -253,15 +253,18 @@ pub fn metrics_with<'s>(
     );
     // A row's changes from its seal on are the retractions of its state's expiry, which the
     // sink ignores (the row is final): drop them here rather than ship them, all of a day's
-    // rows at once, to the sink.
+    // rows at once, to the sink. One pass over every row update, which also shapes it for
+    // the sink.
     let lateness = settings.seal_lateness_ms;
     let open = rows
         .inner
-        .filter(move |((key, _), time, _)| *time < key.seal_time(lateness))
+        .flat_map(move |((key, value), time, diff)| {
+            (time < key.seal_time(lateness)).then(|| ((key.row(), (key.metric, value)), time, diff))
+        })
         .as_collection();
     let dictionary = Rc::new(RefCell::new(fixed_words(&families)));
     Rollup {
-        rows: open.map(|(key, value)| (key.row(), (key.metric, value))),
+        rows: open,
         learned: learn(words, dictionary.clone()),
         dictionary,
         model: Rollups::new(lateness, &families),

@@ -14,12 +14,16 @@ use std::hash::Hash;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::members::Members;
 use crate::stash::Stash;
 use crate::tables::shrink_if_sparse;
+
+/// Keys whose per-time changes the operator keeps room for between times.
+const RETAINED_CHANGES: usize = 4096;
 
 /// What [`DistinctTotal::distinct_total_sketched`] reports of a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -95,6 +99,9 @@ where
             .unary_frontier(exchange, "DistinctTotal", move |_cap, _info| {
                 let mut waiting: Stash<((K, u64), isize)> = Stash::default();
                 let mut keys: HashMap<K, Members> = HashMap::default();
+                // One time's changes by key; kept between times for its capacity. Most keys
+                // change by a member or two a time: inline, without an allocation.
+                let mut changes: HashMap<K, SmallVec<[(u64, i64); 2]>> = HashMap::default();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         waiting.extend(&cap, data.drain(..).map(|(km, t, diff)| (t, (km, diff))));
@@ -104,12 +111,11 @@ where
                     {
                         // One time's net change per key and member, so that a replacement
                         // (one retraction, one insertion) never passes through zero.
-                        let mut changes: HashMap<K, Vec<(u64, i64)>> = HashMap::default();
                         for ((k, member), diff) in updates {
                             changes.entry(k).or_default().push((member, diff as i64));
                         }
                         let mut session = output.session(&cap);
-                        for (k, mut change) in changes {
+                        for (k, mut change) in changes.drain() {
                             change.sort_unstable_by_key(|(m, _)| *m);
                             change.dedup_by(|next, kept| {
                                 let same = next.0 == kept.0;
@@ -168,6 +174,8 @@ where
                             }
                         }
                         shrink_if_sparse(&mut keys);
+                        // A burst's capacity is not worth holding for ever.
+                        changes.shrink_to(RETAINED_CHANGES);
                     }
                 }
             })
