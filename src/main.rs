@@ -318,9 +318,6 @@ async fn serve(
         log.clone(),
         pool.clone(),
     )?);
-    if let Some(hook) = collector_hook {
-        let _ = hook.send(collector.clone());
-    }
     let admin = (!config.api.admin_token.is_empty()).then(|| api::Admin {
         token: config.api.admin_token.clone(),
         config: config.clone(),
@@ -331,28 +328,45 @@ async fn serve(
         log: Some(log),
         admin,
     });
-    let listen: std::net::SocketAddr = config
-        .collector
-        .listen
-        .parse()
-        .context("collector.listen")?;
+    // Bound before anyone is told the server is up, and a taken port is an error, not a panic.
+    let listener = bind(&config.collector.listen, "collector.listen").await?;
+    let separate_api =
+        !config.api.listen.is_empty() && config.api.listen != config.collector.listen;
+    let api_listener = match separate_api {
+        true => Some(bind(&config.api.listen, "api.listen").await?),
+        false => None,
+    };
+    if let Some(hook) = collector_hook {
+        let _ = hook.send(collector.clone());
+    }
     let routes = collector::routes(collector)
         .or(api::routes(api.clone()))
         .unify()
         .recover(collector::recover);
-    if config.api.listen.is_empty() || config.api.listen == config.collector.listen {
-        tracing::info!(%listen, "collector and query API listening");
-        warp::serve(routes).run(listen).await;
-    } else {
-        let api_listen: std::net::SocketAddr = config.api.listen.parse().context("api.listen")?;
-        tracing::info!(%listen, %api_listen, "collector and query API listening");
-        let api_routes = api::routes(api).recover(collector::recover);
-        tokio::join!(
-            warp::serve(routes).run(listen),
-            warp::serve(api_routes).run(api_listen)
-        );
+    match api_listener {
+        None => {
+            tracing::info!(listen = %config.collector.listen, "collector and query API listening");
+            warp::serve(routes).incoming(listener).run().await;
+        }
+        Some(api_listener) => {
+            tracing::info!(listen = %config.collector.listen, api_listen = %config.api.listen, "collector and query API listening");
+            let api_routes = api::routes(api).recover(collector::recover);
+            tokio::join!(
+                warp::serve(routes).incoming(listener).run(),
+                warp::serve(api_routes).incoming(api_listener).run()
+            );
+        }
     }
     Ok(())
+}
+
+async fn bind(address: &str, setting: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let address: std::net::SocketAddr = address.parse().with_context(|| {
+        format!("{setting} = {address:?} is not an address like 127.0.0.1:8080")
+    })?;
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} ({setting})"))
 }
 
 fn up(mut config: Config, demo: bool, workers: usize) -> anyhow::Result<()> {
