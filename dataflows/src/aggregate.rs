@@ -1,18 +1,19 @@
 //! Building blocks families are written with: each turns keyed records into metric rows.
-//! They are thin layers over differential's `count_total` and Clickflow's `distinct_total_sketched`, so
-//! a family stays a handful of lines and every number it produces corrects itself on
-//! retraction. The `_total` forms rely on ingest time being totally ordered (`u64`) and keep
-//! no arrangement of their output.
+//! They are thin layers over Clickflow's `sum_changes` and `distinct_total_sketched`, so a
+//! family stays a handful of lines and every number it produces corrects itself on
+//! retraction. Sums travel as changes that the sink adds up (see [`Row`]): no operator holds
+//! their totals. Distinct counts keep each key's members, and rely on ingest time being
+//! totally ordered (`u64`).
 
 use std::hash::Hash;
 use std::sync::Arc;
 
+use clickflow_operators::combine::SumChanges;
 use clickflow_operators::distinct::{Distinct, DistinctTotal};
 use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::difference::{Multiply, Semigroup};
-use differential_dataflow::operators::CountTotal;
-use differential_dataflow::{ExchangeData, Hashable, VecCollection};
+use differential_dataflow::{ExchangeData, VecCollection};
 
 use crate::metric::{visit_rows_open_until, Row, RowKey, VISIT_GRANULARITIES};
 use crate::symbol::Sym;
@@ -38,15 +39,18 @@ use crate::visits::Visit;
 /// ```
 pub fn count_rows<'s, K, F>(keys: VecCollection<'s, u64, K>, row: F) -> VecCollection<'s, u64, Row>
 where
-    K: ExchangeData + Hashable,
+    K: Hash + Eq + Clone + 'static,
     F: Fn(K) -> RowKey + 'static,
 {
-    keys.count_total().map(move |(k, n)| (row(k), n as i64))
+    keys.map(|k| (k, 1isize))
+        .sum_changes()
+        .map(move |(k, n)| (row(k), n as i64))
 }
 
-/// Several sums of each key through one arrangement: each record weighs in with a tuple of
-/// `isize` (one per sum), and `rows(key, totals)` names the rows the totals become. Rows of
-/// zero are not materialized. `count_rows` and `sum_rows` are the one-sum case.
+/// Several sums of each key at once: each record weighs in with a tuple of `isize` (one per
+/// sum), and `rows(key, sums)` names the rows the sums become; it must be linear, as it is
+/// given changes of the sums, not totals. A row whose total is zero is not stored.
+/// `count_rows` and `sum_rows` are the one-sum case.
 ///
 /// ```
 /// use clickflow_dataflows::aggregate::sums_rows;
@@ -73,14 +77,13 @@ pub fn sums_rows<'s, K, R, F, I>(
     rows: F,
 ) -> VecCollection<'s, u64, Row>
 where
-    K: ExchangeData + Hashable,
-    R: ExchangeData + Semigroup + Multiply<isize, Output = R>,
+    K: Hash + Eq + Clone + 'static,
+    R: Semigroup + Multiply<isize, Output = R> + 'static,
     F: Fn(K, R) -> I + 'static,
     I: IntoIterator<Item = Row>,
 {
     weighted
-        .explode(|(k, r)| Some((k, r)))
-        .count_total()
+        .sum_changes()
         .flat_map(move |(k, r)| rows(k, r).into_iter().filter(|(_, v)| *v != 0))
 }
 
@@ -144,10 +147,13 @@ pub fn sum_rows<'s, K, F>(
     row: F,
 ) -> VecCollection<'s, u64, Row>
 where
-    K: ExchangeData + Hashable,
+    K: Hash + Eq + Clone + 'static,
     F: Fn(K) -> RowKey + 'static,
 {
-    count_rows(pairs.explode(|(k, v)| Some((k, v as isize))), row)
+    pairs
+        .map(|(k, v)| (k, v as isize))
+        .sum_changes()
+        .map(move |(k, v)| (row(k), v as i64))
 }
 
 /// A breakdown of visits: for each bucket of a visit's start and each `(dimension, value)`

@@ -2,7 +2,7 @@
 //! the dataflow, stored as one row per (site, bucket, dimension) holding all its metrics.
 
 use chrono_tz::Tz;
-use clickflow_operators::sink::{add_to, Multiset, RowModel};
+use clickflow_operators::sink::{add_to, RowModel};
 use clickflow_operators::time::{bucket_of, seal_time, Bucket, Granularity};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -159,11 +159,12 @@ impl Rollups {
     }
 }
 
-/// What the sink holds of a stored row while it is open: its metrics' values, and its
+/// What the sink holds of a stored row while it is open: its metrics' totals, and its
 /// sketch's registers in 4 bytes each (a general value would take 24).
 #[derive(Default)]
 pub struct RowState {
-    numbers: Multiset<(Sym, i64)>,
+    /// Each metric's sum of `value × multiplicity` (see [`Row`]), sorted by metric, none zero.
+    numbers: SmallVec<[(Sym, i64); 2]>,
     /// The sketch metric; `NONE` while the row has no sketch.
     sketch: Sym,
     /// ([index high byte, index low byte, rank], multiplicity), sorted by index then rank;
@@ -183,7 +184,18 @@ impl RowModel<RowKey, Measure> for Rollups {
 
     fn apply(&self, state: &mut RowState, (metric, value): Measure, diff: isize) {
         if !matches!(self.metric(metric), Some((_, true))) {
-            add_to(&mut state.numbers, (metric, value), diff);
+            let change = value.saturating_mul(diff as i64);
+            match state.numbers.binary_search_by_key(&metric, |(m, _)| *m) {
+                Ok(at) => {
+                    let total = &mut state.numbers[at].1;
+                    *total = total.saturating_add(change);
+                    if *total == 0 {
+                        state.numbers.remove(at);
+                    }
+                }
+                Err(at) if change != 0 => state.numbers.insert(at, (metric, change)),
+                Err(_) => {}
+            }
             return;
         }
         state.sketch = metric;
@@ -197,13 +209,7 @@ impl RowModel<RowKey, Measure> for Rollups {
 
     fn written(&self, _key: &RowKey, state: &RowState) -> Option<Settled> {
         let mut row = Settled::default();
-        // Sorted by metric, then value: each metric's values are one run.
-        for run in state.numbers.chunk_by(|a, b| a.0 .0 == b.0 .0) {
-            let current = run.iter().find(|(_, d)| *d > 0).map(|((_, v), _)| *v);
-            if let Some(v) = current.filter(|v| *v != 0) {
-                row.numbers.push((run[0].0 .0, v));
-            }
-        }
+        row.numbers.extend(state.numbers.iter().copied());
         let registers: Vec<(u16, u8)> = state
             .registers
             .iter()
@@ -232,8 +238,10 @@ pub struct RowKey {
     pub open_until: i64,
 }
 
-/// A family's output: the current value of each metric row. Sketch rows (metrics ending in
-/// [`SKETCH_SUFFIX`]) have one value per non-zero register ([`uniques::pack`]).
+/// A family's output. A metric row's value is the sum of `value × multiplicity` of its
+/// updates, so a family may send a total that retracts and replaces itself (a distinct count)
+/// or changes that add up (sums, [`crate::aggregate::sums_rows`]). Sketch rows (metrics ending
+/// in [`SKETCH_SUFFIX`]) have one value per non-zero register ([`uniques::pack`]).
 pub type Row = (RowKey, i64);
 
 impl RowKey {

@@ -196,13 +196,7 @@ mod tests {
     #[test]
     fn counts_and_registers_equal_a_recount_at_every_time() {
         let precision = 4;
-        let mut rng = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = crate::xorshift(0x2545_F491_4F6C_DD1Du64);
         // A pool of members, many sharing registers; multiplicities reach above one.
         let pool: Vec<u64> = (0..80).map(|_| next()).collect();
         let mut script: Vec<Vec<((u8, u64), isize)>> = Vec::new();
@@ -215,7 +209,7 @@ mod tests {
                     pool[(next() % pool.len() as u64) as usize],
                 );
                 let have = present.get(&key).copied().unwrap_or(0);
-                let diff = if have > 0 && next() % 2 == 0 { -1 } else { 1 };
+                let diff = if have > 0 && next().is_multiple_of(2) { -1 } else { 1 };
                 *present.entry(key).or_default() += diff;
                 step.push((key, diff));
             }

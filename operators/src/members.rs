@@ -226,13 +226,7 @@ mod tests {
     /// a `BTreeMap` after every step.
     #[test]
     fn agrees_with_a_map_through_splits_saturation_and_shrinking() {
-        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = crate::xorshift(0x9E37_79B9_7F4A_7C15u64);
         let pool: Vec<u64> = (0..3_000).map(|_| next()).collect();
         let mut members = Members::default();
         let mut model: BTreeMap<u64, i64> = BTreeMap::new();
