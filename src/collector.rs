@@ -1,14 +1,16 @@
 //! HTTP ingest: `POST /api/event` and `POST /api/batch`. An event is answered `202` only
 //! after the log acknowledged it durable; every refusal says which field and why.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use clickflow_dataflows::event::{BotHit, Event, Record, Revenue, PAGEVIEW, REFUND};
+use clickflow_dataflows::event::{
+    BotHit, Event, Record, Revenue, MAX_RECORDS_PER_MESSAGE, PAGEVIEW, REFUND,
+};
 use ipnet::IpNet;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -339,39 +341,65 @@ impl Collector {
     pub async fn ingest(&self, raws: &[Value], sender: &Sender) -> Vec<Result<Accepted, Refusal>> {
         let now = clickflow_operators::source::wall_clock_ms();
         let mut results: Vec<Result<Accepted, Refusal>> = Vec::with_capacity(raws.len());
-        let mut appends = Vec::new();
-        let mut slots = Vec::new();
+        // A request's records of one site, in order, with the slots of their results.
+        let mut by_site: Vec<(String, Vec<usize>, Vec<Record>)> = Vec::new();
+        let mut site_at: HashMap<String, usize> = HashMap::new();
         for raw in raws {
             match self.validate(raw, sender, now).await {
-                Ok(record) => match serde_json::to_vec(&record) {
+                Ok(record) => {
+                    let (site, event_id, bot) = match &record {
+                        Record::Event(e) => (&e.site, e.event_id.clone(), false),
+                        Record::Bot(b) => (&b.site, b.event_id.clone(), true),
+                        Record::Erase(x) => (&x.site, String::new(), false),
+                    };
+                    let at = *site_at.entry(site.clone()).or_insert_with(|| {
+                        by_site.push((site.clone(), Vec::new(), Vec::new()));
+                        by_site.len() - 1
+                    });
+                    by_site[at].1.push(results.len());
+                    by_site[at].2.push(record);
+                    results.push(Ok(Accepted { event_id, bot }));
+                }
+                Err(r) => results.push(Err(r)),
+            }
+        }
+        // One log message per site and up to MAX_RECORDS_PER_MESSAGE records: the log and a
+        // broker pay per message, not per byte.
+        let mut appends = Vec::new();
+        let mut appended_slots: Vec<&[usize]> = Vec::new();
+        for (site, slots, records) in &by_site {
+            for (slots, records) in slots
+                .chunks(MAX_RECORDS_PER_MESSAGE)
+                .zip(records.chunks(MAX_RECORDS_PER_MESSAGE))
+            {
+                match Record::encode_all(records) {
                     Ok(value) => {
-                        let (site, event_id, bot) = match &record {
-                            Record::Event(e) => (e.site.clone(), e.event_id.clone(), false),
-                            Record::Bot(b) => (b.site.clone(), b.event_id.clone(), true),
-                            Record::Erase(x) => (x.site.clone(), String::new(), false),
-                        };
-                        slots.push(results.len());
-                        results.push(Ok(Accepted { event_id, bot }));
                         appends.push(Append {
-                            key: site,
+                            key: site.clone(),
                             value,
                             timestamp: now,
                         });
+                        appended_slots.push(slots);
                     }
-                    Err(e) => results.push(Err(Refusal::bad("event", e.to_string()))),
-                },
-                Err(r) => results.push(Err(r)),
+                    Err(e) => {
+                        for slot in slots {
+                            results[*slot] = Err(Refusal::bad("event", e.to_string()));
+                        }
+                    }
+                }
             }
         }
         if !appends.is_empty() {
             let acks = self.log.append(appends).await;
-            for (slot, ack) in slots.into_iter().zip(acks) {
+            for (slots, ack) in appended_slots.into_iter().zip(acks) {
                 if let Err(e) = ack {
-                    results[slot] = Err(Refusal {
-                        status: 503,
-                        field: None,
-                        reason: format!("{e}; retry later"),
-                    });
+                    for slot in slots {
+                        results[*slot] = Err(Refusal {
+                            status: 503,
+                            field: None,
+                            reason: format!("{e}; retry later"),
+                        });
+                    }
                 }
             }
         }

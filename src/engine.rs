@@ -143,13 +143,13 @@ impl PartitionReader for RecordReader {
             .poll(max, Duration::ZERO)
             .map_err(|e| e.to_string())?;
         for r in records {
-            match serde_json::from_slice::<Record>(&r.value) {
-                Ok(data) => out.push(LogRecord {
+            match Record::decode_all(&r.value) {
+                Ok(data) => out.extend(data.into_iter().map(|data| LogRecord {
                     partition: r.partition,
                     offset: r.offset,
                     timestamp: r.timestamp,
                     data,
-                }),
+                })),
                 Err(e) => {
                     crate::metrics::DECODE_ERRORS.inc();
                     tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "skipping undecodable record");

@@ -244,7 +244,7 @@ fn scan(
     )?;
     while !reader.finished() {
         for r in reader.poll(10_000, Duration::from_millis(200))? {
-            if let Ok(record) = serde_json::from_slice::<Record>(&r.value) {
+            for record in Record::decode_all(&r.value).unwrap_or_default() {
                 each(record, r.timestamp);
             }
         }

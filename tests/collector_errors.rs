@@ -130,15 +130,43 @@ fn every_error_case_has_its_status_and_nothing_is_lost_or_doubled() {
         .map(|r| r["index"].as_i64().unwrap())
         .collect();
     assert_eq!(rejected, vec![1, 3], "{reply}");
+    // A large batch of one site: split into messages of at most 100 events, none lost.
+    let large: Vec<_> = (0..250)
+        .map(|i| with("event_id", json!(format!("large-{i}"))))
+        .collect();
+    let (got, reply) = post(&setup.url("/api/batch"), &json!({"events": large}), None);
+    assert_eq!(got, 202, "{reply}");
+    assert_eq!(reply["accepted"], json!(250), "{reply}");
 
     // Exactly the accepted events are in the log.
     server.kill();
     let log = clickflow::log::embedded::EmbeddedLog::open_read_only(&log_dir).unwrap();
     use clickflow::log::Log;
-    let total: u64 = (0..log.partitions().unwrap())
+    let messages: u64 = (0..log.partitions().unwrap())
         .map(|p| log.high_watermark(p).unwrap())
         .sum();
-    assert_eq!(total, 4, "1 single + 3 batched events reached the log");
+    assert_eq!(
+        messages,
+        2 + 3,
+        "a request's events of one site share messages of 100"
+    );
+    drop(log);
+    let logged = logged_records(&log_dir);
+    assert_eq!(
+        logged.len(),
+        4 + 250,
+        "1 single + 3 + 250 batched events reached the log"
+    );
+    let large_ids: std::collections::BTreeSet<String> = logged
+        .iter()
+        .filter_map(|r| match r {
+            clickflow_dataflows::Record::Event(e) if e.event_id.starts_with("large-") => {
+                Some(e.event_id.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(large_ids.len(), 250, "each large-batch event once");
 }
 
 #[test]
@@ -179,7 +207,7 @@ fn logged_records(dir: &std::path::Path) -> Vec<clickflow_dataflows::Record> {
     let mut out = Vec::new();
     while !reader.finished() {
         for r in reader.poll(1000, Duration::from_millis(100)).unwrap() {
-            out.push(serde_json::from_slice(&r.value).unwrap());
+            out.extend(clickflow_dataflows::Record::decode_all(&r.value).unwrap());
         }
     }
     out

@@ -17,6 +17,31 @@ pub enum Record {
     Erase(Erasure),
 }
 
+/// The most records one log message carries. A request's records of one site share a message
+/// (one append, one broker message, one offset): brokers and the log pay per message. 100
+/// events stay well under the 1 MB a Kafka broker accepts by default.
+pub const MAX_RECORDS_PER_MESSAGE: usize = 100;
+
+impl Record {
+    /// A log message of `records` (all of one site, in order): the record itself when alone,
+    /// else a JSON array of them.
+    pub fn encode_all(records: &[Record]) -> serde_json::Result<Vec<u8>> {
+        match records {
+            [one] => serde_json::to_vec(one),
+            many => serde_json::to_vec(many),
+        }
+    }
+
+    /// The records of a log message, in order: one record, or an array of them (what
+    /// [`Record::encode_all`] writes; logs written one record per message read the same).
+    pub fn decode_all(message: &[u8]) -> serde_json::Result<Vec<Record>> {
+        match message.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'[') => serde_json::from_slice(message),
+            _ => serde_json::from_slice::<Record>(message).map(|r| vec![r]),
+        }
+    }
+}
+
 /// An accepted, validated tracker event. Raw client IPs and user agents never reach this
 /// type: the visitor is already a hash and the user agent already parsed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -177,5 +202,25 @@ mod tests {
         let json = serde_json::to_string(&e).unwrap();
         assert_eq!(json, r#"{"kind":"erase","site":"s","visitor":7}"#);
         assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn a_message_carries_one_record_or_several() {
+        let erase = |visitor| {
+            Record::Erase(Erasure {
+                site: "s".into(),
+                visitor,
+            })
+        };
+        let one = Record::encode_all(&[erase(1)]).unwrap();
+        assert_eq!(one, serde_json::to_vec(&erase(1)).unwrap());
+        assert_eq!(Record::decode_all(&one).unwrap(), vec![erase(1)]);
+        let several = Record::encode_all(&[erase(1), erase(2), erase(3)]).unwrap();
+        assert_eq!(
+            Record::decode_all(&several).unwrap(),
+            vec![erase(1), erase(2), erase(3)]
+        );
+        assert!(Record::decode_all(b"[{\"kind\":\"nope\"}]").is_err());
+        assert!(Record::decode_all(b"").is_err());
     }
 }

@@ -209,7 +209,11 @@ mod tests {
                     pool[(next() % pool.len() as u64) as usize],
                 );
                 let have = present.get(&key).copied().unwrap_or(0);
-                let diff = if have > 0 && next().is_multiple_of(2) { -1 } else { 1 };
+                let diff = if have > 0 && next().is_multiple_of(2) {
+                    -1
+                } else {
+                    1
+                };
                 *present.entry(key).or_default() += diff;
                 step.push((key, diff));
             }
