@@ -8,8 +8,7 @@
 //! ends, as in production. Prints one JSON line: events, seconds, events/s, rows stored and
 //! the peak RSS. With `hourly.csv`, every committed value of traffic's (site, hour) pageviews
 //! and visitors is appended there (the last per key is the final), so the driver can check
-//! the three systems agree. `PEERS_EPOCHS_IN_FLIGHT=n` lets n epochs be fed before the first
-//! of them has gone through (default 1: each epoch is closed before the next is fed).
+//! the three systems agree.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -99,12 +98,6 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("{usage}: families must be traffic or all, not {families:?}");
     }
     let workers: usize = args.get(2).map_or(Ok(1), |w| w.parse())?;
-    let in_flight: usize = match std::env::var("PEERS_EPOCHS_IN_FLIGHT") {
-        Ok(n) => n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-            anyhow::anyhow!("PEERS_EPOCHS_IN_FLIGHT must be a positive count, not {n:?}")
-        })?,
-        Err(_) => 1,
-    };
     let epoch_events: usize = args.get(3).map_or(Ok(10_000), |e| e.parse())?;
     let hourly = match args.get(4) {
         Some(p) => Some(Arc::new(Mutex::new(BufWriter::new(std::fs::File::create(
@@ -132,9 +125,6 @@ fn main() -> anyhow::Result<()> {
         });
         let file = std::fs::File::open(&path).expect("the stream file");
         let per_worker = (epoch_events / peers).max(1);
-        // Epochs fed but not yet through the pipeline: 1 closes each epoch before the next
-        // (the default); more is how the live source reads a backlog.
-        let mut closed = std::collections::VecDeque::new();
         let (mut mine, mut events) = (0usize, 0usize);
         for (i, line) in BufReader::new(file).lines().enumerate() {
             let Ok(line) = line else { break };
@@ -149,12 +139,8 @@ fn main() -> anyhow::Result<()> {
             if mine.is_multiple_of(per_worker) && t > *input.time() {
                 input.advance_to(t);
                 input.flush();
-                closed.push_back(t);
-                while closed.len() > in_flight {
-                    let oldest = closed.pop_front().unwrap_or(t);
-                    while probe.less_than(&oldest) {
-                        worker.step();
-                    }
+                while probe.less_than(input.time()) {
+                    worker.step();
                 }
             }
             input.insert(record);
