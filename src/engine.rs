@@ -5,7 +5,7 @@
 //! offset that can still touch an open bucket, and the sink holds its output until the input
 //! has passed the committed offsets, then replaces the open rows wholesale.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,46 +129,77 @@ pub fn switch_to(client: &mut Client, generation: i32) -> anyhow::Result<i32> {
     Ok(old)
 }
 
-/// Decodes log records for the source operator.
+/// Messages read from the log at a time: a message carries up to
+/// [`clickflow_dataflows::event::MAX_RECORDS_PER_MESSAGE`] records, so the source's batch
+/// (counted in records) is filled a few messages at a time rather than all at once.
+const MESSAGES_PER_READ: usize = 256;
+
+/// Decodes log messages into records for the source operator. A message holds one record or
+/// several: the source asks for at most `max` records, so records decoded beyond that wait
+/// here, and the positions reported never pass a message with records still waiting.
 struct RecordReader {
     inner: Box<dyn LogReader>,
+    waiting: VecDeque<LogRecord<Record>>,
+}
+
+impl RecordReader {
+    fn new(inner: Box<dyn LogReader>) -> RecordReader {
+        RecordReader {
+            inner,
+            waiting: VecDeque::new(),
+        }
+    }
 }
 
 impl PartitionReader for RecordReader {
     type Item = Record;
 
     fn poll(&mut self, max: usize, out: &mut Vec<LogRecord<Record>>) -> Result<(), String> {
-        let records = self
-            .inner
-            .poll(max, Duration::ZERO)
-            .map_err(|e| e.to_string())?;
-        for r in records {
-            match Record::decode_all(&r.value) {
-                Ok(data) => out.extend(data.into_iter().map(|data| LogRecord {
-                    partition: r.partition,
-                    offset: r.offset,
-                    timestamp: r.timestamp,
-                    data,
-                })),
-                Err(e) => {
-                    crate::metrics::DECODE_ERRORS.inc();
-                    tracing::warn!(partition = r.partition, offset = r.offset, error = %e, "skipping undecodable record");
+        while self.waiting.len() < max {
+            let messages = self
+                .inner
+                .poll(MESSAGES_PER_READ.min(max), Duration::ZERO)
+                .map_err(|e| e.to_string())?;
+            if messages.is_empty() {
+                break;
+            }
+            for m in messages {
+                match Record::decode_all(&m.value) {
+                    Ok(records) => self
+                        .waiting
+                        .extend(records.into_iter().map(|data| LogRecord {
+                            partition: m.partition,
+                            offset: m.offset,
+                            timestamp: m.timestamp,
+                            data,
+                        })),
+                    Err(e) => {
+                        crate::metrics::DECODE_ERRORS.inc();
+                        tracing::warn!(partition = m.partition, offset = m.offset, error = %e, "skipping undecodable record");
+                    }
                 }
             }
         }
+        let take = max.min(self.waiting.len());
+        out.extend(self.waiting.drain(..take));
         Ok(())
     }
 
     fn positions(&self) -> Vec<(u32, u64)> {
-        self.inner.positions().into_iter().collect()
+        let mut positions = self.inner.positions();
+        // A message with records still waiting is not yet read: its offset is the position.
+        for r in self.waiting.iter().rev() {
+            positions.insert(r.partition, r.offset);
+        }
+        positions.into_iter().collect()
     }
 
     fn caught_up(&self, partition: u32) -> bool {
-        self.inner.caught_up(partition)
+        self.inner.caught_up(partition) && self.waiting.iter().all(|r| r.partition != partition)
     }
 
     fn finished(&self) -> bool {
-        self.inner.finished()
+        self.waiting.is_empty() && self.inner.finished()
     }
 }
 
@@ -256,7 +287,7 @@ pub fn run(
         };
         worker.dataflow::<u64, _, _>(move |scope| {
             let (events, progress) = log_source(scope, "Events", source_config, move |_, _| {
-                RecordReader { inner: reader }
+                RecordReader::new(reader)
             });
             let events = events.concat(preloaded.to_stream(scope).as_collection());
             pipeline::metrics(events, &settings).sink(progress, sink_config, sink, status);
@@ -339,4 +370,95 @@ pub fn timely_config(
     timely::Config::from_args(args.into_iter())
         .map_err(|e| anyhow::anyhow!("timely flags: {e}"))
         .context("configuring timely")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clickflow_dataflows::event::Erasure;
+
+    /// Messages of one partition, read in order.
+    struct Messages {
+        messages: VecDeque<crate::log::Record>,
+        next: u64,
+    }
+
+    impl LogReader for Messages {
+        fn poll(
+            &mut self,
+            max: usize,
+            _: Duration,
+        ) -> crate::log::LogResult<Vec<crate::log::Record>> {
+            let n = max.min(self.messages.len());
+            let read: Vec<_> = self.messages.drain(..n).collect();
+            if let Some(last) = read.last() {
+                self.next = last.offset + 1;
+            }
+            Ok(read)
+        }
+        fn positions(&self) -> BTreeMap<u32, u64> {
+            BTreeMap::from([(0, self.next)])
+        }
+        fn caught_up(&self, _: u32) -> bool {
+            self.messages.is_empty()
+        }
+        fn finished(&self) -> bool {
+            self.messages.is_empty()
+        }
+    }
+
+    fn erase(visitor: u64) -> Record {
+        Record::Erase(Erasure {
+            site: "s".into(),
+            visitor,
+        })
+    }
+
+    /// Messages of one and of several records come out one record at a time, in order, never
+    /// more than asked for, and the position stays on a message until all of it is out.
+    #[test]
+    fn messages_of_several_records_are_read_within_the_batch() {
+        let bodies = [
+            vec![erase(1)],
+            vec![erase(2), erase(3), erase(4)],
+            vec![erase(5)],
+        ];
+        let messages = bodies
+            .iter()
+            .enumerate()
+            .map(|(offset, records)| crate::log::Record {
+                partition: 0,
+                offset: offset as u64,
+                timestamp: 1_000,
+                key: b"s".to_vec(),
+                value: Record::encode_all(records).unwrap(),
+            })
+            .collect();
+        let mut reader = RecordReader::new(Box::new(Messages { messages, next: 0 }));
+        let mut read = |max| {
+            let mut out = Vec::new();
+            reader.poll(max, &mut out).unwrap();
+            let got: Vec<(u64, Record)> = out.into_iter().map(|r| (r.offset, r.data)).collect();
+            (
+                got,
+                reader.positions(),
+                reader.caught_up(0),
+                reader.finished(),
+            )
+        };
+        assert_eq!(
+            read(2),
+            (
+                vec![(0, erase(1)), (1, erase(2))],
+                vec![(0, 1)],
+                false,
+                false
+            )
+        );
+        assert_eq!(read(1), (vec![(1, erase(3))], vec![(0, 1)], false, false));
+        assert_eq!(
+            read(5),
+            (vec![(1, erase(4)), (2, erase(5))], vec![(0, 3)], true, true)
+        );
+    }
 }
