@@ -42,9 +42,7 @@ where
     K: Hash + Eq + Clone + 'static,
     F: Fn(K) -> RowKey + 'static,
 {
-    keys.map(|k| (k, 1isize))
-        .sum_changes()
-        .map(move |(k, n)| (row(k), n as i64))
+    sum_rows(keys.map(|k| (k, 1)), row)
 }
 
 /// Several sums of each key at once: each record weighs in with a tuple of `isize` (one per
@@ -150,10 +148,9 @@ where
     K: Hash + Eq + Clone + 'static,
     F: Fn(K) -> RowKey + 'static,
 {
-    pairs
-        .map(|(k, v)| (k, v as isize))
-        .sum_changes()
-        .map(move |(k, v)| (row(k), v as i64))
+    sums_rows(pairs.map(|(k, v)| (k, v as isize)), move |k, v| {
+        [(row(k), v as i64)]
+    })
 }
 
 /// A breakdown of visits: for each bucket of a visit's start and each `(dimension, value)`
