@@ -332,9 +332,10 @@ async fn serve(
     let listener = bind(&config.collector.listen, "collector.listen").await?;
     let separate_api =
         !config.api.listen.is_empty() && config.api.listen != config.collector.listen;
-    let api_listener = match separate_api {
-        true => Some(bind(&config.api.listen, "api.listen").await?),
-        false => None,
+    let api_listener = if separate_api {
+        Some(bind(&config.api.listen, "api.listen").await?)
+    } else {
+        None
     };
     if let Some(hook) = collector_hook {
         let _ = hook.send(collector.clone());
