@@ -1,13 +1,14 @@
 //! Clickflow's side of `bench/peers/run.sh`: one seeded stream (a CSV of
 //! `ts_ms,site,page,visitor`, sorted by time) through the engine's pipeline and sink.
 //!
-//!     cargo bench --bench peers -- <stream.csv> <traffic|all> <workers> [events per epoch] [hourly.csv]
+//!     cargo bench --bench peers -- <stream.csv> <traffic|hourly|all> <workers> [events per epoch] [hourly.csv]
 //!
 //! Each worker reads the file and takes every `workers`-th line, as workers share a log's
 //! partitions; ingest time follows event time, so a day's state expires a lateness after it
 //! ends, as in production. Prints one JSON line: events, seconds, events/s, rows stored and
-//! the peak RSS. With `hourly.csv`, every committed value of traffic's (site, hour) pageviews
-//! and visitors is appended there (the last per key is the final), so the driver can check
+//! the peak RSS. `hourly` is the peers' own job, per (site, hour) pageviews and distinct
+//! visitors, built from the same blocks as the registered families. With `hourly.csv`, every
+//! committed value of its (or traffic's) (site, hour) pageviews and visitors is appended there (the last per key is the final), so the driver can check
 //! the three systems agree.
 
 #[global_allocator]
@@ -19,13 +20,20 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use clickflow_dataflows::aggregate::{count_distinct_rows, sums_rows};
 use clickflow_dataflows::event::Client;
 use clickflow_dataflows::metric::Cell;
+use clickflow_dataflows::pipeline::Inputs;
+use clickflow_dataflows::registry::{Family, FAMILIES};
 use clickflow_dataflows::symbol::fingerprint;
 use clickflow_dataflows::{pipeline, Event, MetricKey, Record, Settings};
+use clickflow_dataflows::{Row, RowKey};
 use clickflow_operators::sink::{CommitBatch, Transaction};
+use clickflow_operators::time::bucket_of;
 use clickflow_operators::time::Granularity;
+use differential_dataflow::collection::concatenate;
 use differential_dataflow::input::Input;
+use differential_dataflow::VecCollection;
 
 use common::{probe_and_sink, status_kib, TableSize};
 
@@ -44,7 +52,9 @@ impl Transaction<MetricKey, Cell> for Target {
         };
         let mut out = out.lock().map_err(|e| e.to_string())?;
         for (k, cell) in &batch.upserts {
-            if k.family == "traffic" && k.granularity == Granularity::Hour {
+            if (k.family == "traffic" || k.family == HOURLY.name)
+                && k.granularity == Granularity::Hour
+            {
                 let get = |m: &str| cell.numbers.iter().find(|n| n.0 == m).map_or(0, |n| n.1);
                 writeln!(
                     out,
@@ -59,6 +69,32 @@ impl Transaction<MetricKey, Cell> for Target {
         }
         out.flush().map_err(|e| e.to_string())
     }
+}
+
+/// The job Pathway and DuckDB run: per (site, hour), pageviews and exact distinct visitors,
+/// built from the same blocks as the registered families.
+static HOURLY: Family = Family {
+    name: "hourly",
+    metrics: &["pageviews", "visitors"],
+    dimensions: &[""],
+    build: hourly,
+};
+
+fn hourly<'s>(inputs: &Inputs<'s>, _: &Settings) -> VecCollection<'s, u64, Row> {
+    let row = |metric: &'static str| move |(site, b)| RowKey::new(site, b, HOURLY.name, metric);
+    let hours = inputs.hits.clone().map(|h| {
+        let hour = bucket_of(h.ts, Granularity::Hour, h.zone.tz());
+        ((h.site, hour), h.visitor, h.is_pageview())
+    });
+    let pageviews = hours.clone().map(|(k, _, pageview)| (k, pageview as isize));
+    let visitors = hours.map(|(k, v, _)| (k, v));
+    concatenate(
+        inputs.hits.scope(),
+        [
+            sums_rows(pageviews, move |k, n| [(row("pageviews")(k), n as i64)]),
+            count_distinct_rows(visitors, row("visitors")),
+        ],
+    )
 }
 
 fn parse(line: &str, i: usize) -> Option<Record> {
@@ -91,11 +127,12 @@ fn main() -> anyhow::Result<()> {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let usage = "usage: peers <stream.csv> <traffic|all> <workers> [events per epoch] [hourly.csv]";
+    let usage =
+        "usage: peers <stream.csv> <traffic|hourly|all> <workers> [events per epoch] [hourly.csv]";
     let path = args.first().ok_or_else(|| anyhow::anyhow!(usage))?.clone();
     let families = args.get(1).cloned().unwrap_or_else(|| "all".into());
-    if families != "traffic" && families != "all" {
-        anyhow::bail!("{usage}: families must be traffic or all, not {families:?}");
+    if !["traffic", "all", "hourly"].contains(&families.as_str()) {
+        anyhow::bail!("{usage}: families must be traffic, hourly or all, not {families:?}");
     }
     let workers: usize = args.get(2).map_or(Ok(1), |w| w.parse())?;
     let epoch_events: usize = args.get(3).map_or(Ok(10_000), |e| e.parse())?;
@@ -114,12 +151,15 @@ fn main() -> anyhow::Result<()> {
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let settings = Settings::default();
-        let only_traffic = families == "traffic";
+        let job: Vec<&'static Family> = match families.as_str() {
+            "hourly" => vec![&HOURLY],
+            "traffic" => FAMILIES.iter().filter(|f| f.name == "traffic").collect(),
+            _ => FAMILIES.iter().collect(),
+        };
         let target = target.clone();
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_collection::<Record, isize>();
-            let rollup =
-                pipeline::metrics_of(records, &settings, |f| !only_traffic || f.name == "traffic");
+            let rollup = pipeline::metrics_with(records, &settings, job.clone());
             let probe = probe_and_sink(rollup, target);
             (input, probe)
         });

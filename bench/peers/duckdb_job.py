@@ -9,6 +9,13 @@ import time
 import duckdb
 
 
+def peak_rss_kib():
+    """This process's own high-water mark. Not the parent's wait4 figure: Linux carries the
+    RSS of the process that forked a child into its ru_maxrss across exec."""
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+
+
 def main(stream: str, out: str, threads: int) -> None:
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
@@ -20,7 +27,7 @@ def main(stream: str, out: str, threads: int) -> None:
                                  columns = {{'ts_ms': 'BIGINT', 'site': 'VARCHAR', 'page': 'VARCHAR', 'visitor': 'VARCHAR'}})
                   GROUP BY ALL) TO '{out}' (HEADER)"""
     )
-    print(json.dumps({"seconds": time.monotonic() - started}))
+    print(json.dumps({"seconds": time.monotonic() - started, "peak_rss_kib": peak_rss_kib()}))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,13 @@ def per_bucket(hits, width_ms, with_events):
     return bucketed.groupby(pw.this.site, pw.this.bucket).reduce(pw.this.site, pw.this.bucket, **sums)
 
 
+def peak_rss_kib():
+    """This process's own high-water mark. Not the parent's wait4 figure: Linux carries the
+    RSS of the process that forked a child into its ru_maxrss across exec."""
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+
+
 def main(stream: str, out: str, job: str) -> None:
     hits = pw.io.csv.read(stream, schema=Hit, mode="static")
     if job == "hourly":
@@ -45,7 +52,7 @@ def main(stream: str, out: str, job: str) -> None:
         sys.exit(f"job must be hourly or traffic, not {job!r}")
     started = time.monotonic()
     pw.run(monitoring_level=pw.MonitoringLevel.NONE)
-    print(json.dumps({"seconds": time.monotonic() - started}))
+    print(json.dumps({"seconds": time.monotonic() - started, "peak_rss_kib": peak_rss_kib()}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Clickflow beside its peers on one seeded stream: Pathway (the same (site, hour) pageviews +
-# distinct visitors job) and DuckDB (a batch recompute of it). Creates its own virtualenv.
+# distinct visitors job, and traffic's) and DuckDB (a batch recompute of it); Clickflow runs
+# that job, its traffic family and every family. Creates its own virtualenv.
 #
 #   bash bench/peers/run.sh [--events N] [--days D] [--seed S]
 set -euo pipefail
