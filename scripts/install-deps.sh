@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything Clickflow's build and tests need on a fresh Debian 12 machine.
+# Installs everything Clickflow's build needs on a fresh Debian 12 machine; with --tests, what
+# its tests need too.
 # Idempotent: every step checks before it acts, so a second run is a no-op.
 set -euo pipefail
 
@@ -10,8 +11,11 @@ command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
-if [ "${CLICKFLOW_BROWSER_TESTS:-0}" = 1 ]; then
+# With --tests: headless Chromium and its WebDriver, for the tracker and dashboard tests
+# (tests/browser.rs). Running Clickflow does not need them.
+if [ "${1:-}" = "--tests" ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then

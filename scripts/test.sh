@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --tests
 bash scripts/test-env.sh start
 trap 'bash scripts/test-env.sh stop' EXIT
 # shellcheck disable=SC1091

@@ -1,4 +1,5 @@
-//! HTTP ingest: `POST /api/event` and `POST /api/batch`. An event is answered `202` only
+//! HTTP ingest: `POST /api/event` and `POST /api/batch` (open to any origin, for trackers on
+//! merchants' pages), and the tracker script itself. An event is answered `202` only
 //! after the log acknowledged it durable; every refusal says which field and why.
 
 use std::collections::{BTreeMap, HashMap};
@@ -780,7 +781,20 @@ pub fn routes(
                 .into_response()
             }
         });
-    event.or(batch).unify()
+    // Trackers post from merchants' pages, another origin than the collector's. Beacons and
+    // text/plain posts need no preflight; a fetch with JSON does, and gets it answered here.
+    let cors = warp::cors()
+        .allow_any_origin()
+        .allow_methods(["POST"])
+        .allow_headers(["content-type"])
+        .max_age(86_400);
+    event
+        .or(batch)
+        .unify()
+        .with(cors)
+        .map(warp::reply::Reply::into_response)
+        .or(crate::tracker::route())
+        .unify()
 }
 
 /// Turns warp's rejections into JSON errors with the right status.

@@ -129,6 +129,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             store::migrate(&mut client)?;
             let site = store::add_site(&mut client, &domain, &time_zone)?;
             println!("site added\n  domain:      {}\n  time zone:   {}\n  tracking id: {}\n  api key:     {}", site.domain, site.time_zone, site.id, site.api_key);
+            println!(
+                "  tracker:     {}\n               (in each page's <head>; the src is your collector's public address)",
+                script_tag(&site.id, &config.collector.listen)
+            );
         }
         Command::Serve => {
             database_url(&config)?;
@@ -303,6 +307,13 @@ fn replay(config: &Config, from: &str, workers: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The tag a merchant puts on their pages.
+fn script_tag(site: &str, collector: &str) -> String {
+    format!(
+        r#"<script defer data-site="{site}" src="http://{collector}/js/clickflow.js"></script>"#
+    )
+}
+
 async fn serve(
     config: Config,
     log: Option<Arc<dyn log::Log>>,
@@ -426,6 +437,10 @@ fn up(mut config: Config, demo: bool, workers: usize) -> anyhow::Result<()> {
     println!(
         "  query API:  POST http://{listen}/api/v1/query  (Authorization: Bearer {})",
         site.1
+    );
+    println!(
+        "  tracker:    {}\n              (pages served from localhost also need data-allow-localhost)",
+        script_tag(&site.0, &listen)
     );
     println!("  health:     http://{listen}/healthz    metrics: http://{listen}/metrics");
     println!("  database:   {}", store::redact(&url));

@@ -346,11 +346,7 @@ fn observed(setup: &Setup, sites: &[(String, String)]) -> Option<Expected> {
                 return None;
             }
             for row in body["results"].as_array()? {
-                let d: Vec<&str> = row["dimensions"]
-                    .as_array()?
-                    .iter()
-                    .filter_map(|x| x.as_str())
-                    .collect();
+                let d = dimension_values(row)?;
                 let value = &row["metrics"][0];
                 let shown = if value.is_f64() {
                     format!("{:.2}", value.as_f64()?)

@@ -244,20 +244,30 @@ fn strip_www(host: &str) -> &str {
     host.strip_prefix("www.").unwrap_or(host)
 }
 
-/// Host (without `www.`) and path of a page URL; query string and fragment are dropped.
+/// Host (without `www.`) and path of a page URL; query string and fragment are dropped,
+/// except a hash route's (`#/cart`, `#!/cart`): single-page apps that route by fragment have
+/// their pages there, so `/#/cart` is a page of its own.
 pub fn page_of(url: Option<&Url>) -> (String, String) {
     match url {
         Some(u) => {
-            let path = u.path();
-            let path = if path.len() > 1 {
-                path.trim_end_matches('/')
-            } else {
-                "/"
+            let trimmed = |p: &str| {
+                if p.len() > 1 {
+                    p.trim_end_matches('/').to_owned()
+                } else {
+                    "/".to_owned()
+                }
             };
-            (
-                strip_www(u.host_str().unwrap_or_default()).to_owned(),
-                path.to_owned(),
-            )
+            let mut path = trimmed(u.path());
+            let route = u.fragment().and_then(|f| {
+                let route = f.strip_prefix('!').unwrap_or(f);
+                route
+                    .starts_with('/')
+                    .then(|| route.split('?').next().unwrap_or(route))
+            });
+            if let Some(route) = route {
+                path = format!("{path}#{}", trimmed(route));
+            }
+            (strip_www(u.host_str().unwrap_or_default()).to_owned(), path)
         }
         None => (String::new(), String::new()),
     }
@@ -368,5 +378,15 @@ mod tests {
         );
         let u = Url::parse("https://shop.example").ok();
         assert_eq!(page_of(u.as_ref()).1, "/");
+    }
+
+    #[test]
+    fn hash_routes_are_pages() {
+        let page = |u: &str| page_of(Url::parse(u).ok().as_ref()).1;
+        assert_eq!(page("https://app.example/#/cart/?step=2"), "/#/cart");
+        assert_eq!(page("https://app.example/shop#!/cart"), "/shop#/cart");
+        assert_eq!(page("https://app.example/#/"), "/#/");
+        // An anchor is a place on the page, not a page.
+        assert_eq!(page("https://app.example/docs#install"), "/docs");
     }
 }

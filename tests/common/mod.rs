@@ -281,3 +281,14 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// The dimension values of one row of a query's `results`.
+pub fn dimension_values(row: &Value) -> Option<Vec<&str>> {
+    Some(
+        row["dimensions"]
+            .as_array()?
+            .iter()
+            .filter_map(|x| x.as_str())
+            .collect(),
+    )
+}
