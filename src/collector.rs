@@ -1,5 +1,6 @@
-//! HTTP ingest: `POST /api/event` and `POST /api/batch` (open to any origin, for trackers on
-//! merchants' pages), and the tracker script itself. An event is answered `202` only
+//! HTTP ingest: `POST /api/event` (Clickflow's events and Plausible's), `POST /api/batch`,
+//! `POST /mp/collect` (GA4's Measurement Protocol), open to any origin for trackers on
+//! merchants' pages; and the tracker script itself. An event is answered `202` only
 //! after the log acknowledged it durable; every refusal says which field and why.
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +21,7 @@ use tokio::sync::RwLock;
 use warp::http::StatusCode;
 use warp::Filter;
 
+use crate::compat;
 use crate::config::CollectorConfig;
 use crate::enrich::Enricher;
 use crate::log::{Append, Log};
@@ -41,6 +43,10 @@ pub struct Sender {
     pub user_agent: String,
     /// The token of `Authorization: Bearer <key>`, when present.
     pub api_key: Option<String>,
+    /// A server proven to hold the site's key (GA4's `api_secret`) that sends only on behalf
+    /// of visitors: its own user agent and address describe it, never a visitor, so they are
+    /// neither used nor judged by the bot rules.
+    pub server: bool,
 }
 
 /// An event the log acknowledged.
@@ -61,7 +67,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn bad(field: &'static str, reason: impl Into<String>) -> Refusal {
+    pub(crate) fn bad(field: &'static str, reason: impl Into<String>) -> Refusal {
         Refusal {
             status: 400,
             field: Some(field),
@@ -86,6 +92,7 @@ pub struct Collector {
     pub pool: deadpool_postgres::Pool,
     trusted: Vec<IpNet>,
     sites: moka::future::Cache<String, Option<SiteInfo>>,
+    domains: moka::future::Cache<String, Option<String>>,
     salt: RwLock<Option<(i64, Vec<u8>)>>,
     enricher: Enricher,
 }
@@ -120,6 +127,10 @@ impl Collector {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(30))
                 .build(),
+            domains: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
             salt: RwLock::new(None),
             enricher,
         })
@@ -149,6 +160,84 @@ impl Collector {
                 field: None,
                 reason: format!("site lookup failed: {e}"),
             })
+    }
+
+    /// The site registered for `domain` (as [`compat::normalize_domain`] has it), for
+    /// Plausible's API, which names sites by domain. The oldest site wins if several share it.
+    async fn site_of_domain(&self, domain: &str) -> Result<Option<String>, Refusal> {
+        let pool = self.pool.clone();
+        let owned = domain.to_owned();
+        self.domains
+            .try_get_with(domain.to_owned(), async move {
+                let client = pool.get().await.map_err(|e| e.to_string())?;
+                let row = client
+                    .query_opt(
+                        "SELECT id FROM sites WHERE lower(regexp_replace(rtrim(domain, '.'), '^www\\.', '')) = $1
+                         ORDER BY created_at, id LIMIT 1",
+                        &[&owned],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(row.map(|r| r.get(0)))
+            })
+            .await
+            .map_err(|e| Refusal {
+                status: 503,
+                field: None,
+                reason: format!("site lookup failed: {e}"),
+            })
+    }
+
+    /// Plausible's shape, one event per domain it names, in Clickflow's.
+    async fn translate_plausible(&self, raw: &Value) -> Result<Vec<Value>, Refusal> {
+        let plausible = compat::from_plausible(raw)?;
+        let mut events = Vec::with_capacity(plausible.domains.len());
+        for domain in &plausible.domains {
+            let site = self.site_of_domain(domain).await?.ok_or_else(|| Refusal {
+                status: 404,
+                field: Some("domain"),
+                reason: format!("no site is registered for domain {domain:?}"),
+            })?;
+            let mut event = plausible.event.clone();
+            event.insert("site".into(), json!(site));
+            events.push(Value::Object(event));
+        }
+        Ok(events)
+    }
+
+    /// GA4's Measurement Protocol: `measurement_id` is the site's tracking id and
+    /// `api_secret` its API key, which lets the request speak for its visitors.
+    async fn translate_ga4(
+        &self,
+        query: &HashMap<String, String>,
+        body: &Value,
+        sender: &mut Sender,
+    ) -> Result<Vec<Result<Value, Refusal>>, Refusal> {
+        let param = |name: &'static str| {
+            query
+                .get(name)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| Refusal {
+                    status: 401,
+                    field: Some(name),
+                    reason: format!("{name} is required in the query string"),
+                })
+        };
+        let site = param("measurement_id")?;
+        let secret = param("api_secret")?;
+        let info = self.site(site).await?.ok_or_else(|| Refusal {
+            status: 404,
+            field: Some("measurement_id"),
+            reason: format!("unknown site {site:?} (measurement_id is the tracking id)"),
+        })?;
+        authorize_on_behalf(site, &info, Some(secret)).map_err(|mut r| {
+            r.field = Some("api_secret");
+            r.reason = format!("api_secret is not the API key of site {site:?}");
+            r
+        })?;
+        sender.api_key = Some(secret.clone());
+        sender.server = true;
+        compat::from_ga4(body, site)
     }
 
     /// The salt of the current UTC day, created on first use; yesterday's is never reused,
@@ -256,10 +345,21 @@ impl Collector {
         if on_behalf {
             authorize_on_behalf(&site, &site_info, sender.api_key.as_deref())?;
         }
-        let user_agent = ua_override.as_deref().unwrap_or(&sender.user_agent);
-        let ip = if on_behalf { ip_override } else { sender.ip };
-        // Refunds come from merchants' servers (HTTP libraries, no browser): never bots.
-        if name != REFUND && self.enricher.is_bot(user_agent) {
+        let own_agent = if sender.server {
+            ""
+        } else {
+            &sender.user_agent
+        };
+        let user_agent = ua_override.as_deref().unwrap_or(own_agent);
+        let ip = if on_behalf || sender.server {
+            ip_override
+        } else {
+            sender.ip
+        };
+        // Refunds come from merchants' servers (HTTP libraries, no browser): never bots. A
+        // server that names no visitor user agent gives nothing to judge.
+        let judged = name != REFUND && !(sender.server && ua_override.is_none());
+        if judged && self.enricher.is_bot(user_agent) {
             return Ok(Record::Bot(BotHit {
                 site,
                 event_id,
@@ -674,6 +774,7 @@ fn sender(
                     .and_then(|h| h.strip_prefix("Bearer "))
                     .map(|k| k.trim().to_owned())
                     .filter(|k| !k.is_empty()),
+                server: false,
             },
         )
 }
@@ -685,12 +786,81 @@ fn parse_json(body: &Bytes) -> Result<Value, Box<warp::reply::Response>> {
     })
 }
 
+/// The reply to `/api/event`: the event's id, or why it was refused. A Plausible event for
+/// several domains is several events; the first refusal, if any, is the answer.
+fn event_reply(results: &[Result<Accepted, Refusal>]) -> warp::reply::Response {
+    if let Some(Err(r)) = results.iter().find(|r| r.is_err()) {
+        return error_reply(status_of(r.status), &r.reason, r.field);
+    }
+    let accepted: Vec<&Accepted> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let Some(first) = accepted.first() else {
+        return error_reply(StatusCode::BAD_REQUEST, "no event", None);
+    };
+    let bots = accepted.iter().filter(|a| a.bot).count();
+    warp::reply::with_status(
+        warp::reply::json(&json!({
+            "accepted": accepted.len(),
+            "event_id": first.event_id,
+            "bots": bots,
+        })),
+        StatusCode::ACCEPTED,
+    )
+    .into_response()
+}
+
+/// The reply to a batch: how many were accepted (and how many of those were bots), and each
+/// refused event's index and reason. `503` only when nothing was accepted because the log
+/// was unavailable, so a client retries exactly then.
+fn batch_reply(results: &[Result<Accepted, Refusal>]) -> warp::reply::Response {
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    // Said out loud, so a server posting with its HTTP library's user agent (and no
+    // per-event `user_agent`) sees why its events do not show as visits.
+    let bots = results
+        .iter()
+        .filter(|r| matches!(r, Ok(a) if a.bot))
+        .count();
+    let unavailable = results
+        .iter()
+        .any(|r| matches!(r, Err(x) if x.status == 503));
+    let rejected: Vec<Value> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            r.as_ref()
+                .err()
+                .map(|x| json!({"index": i, "reason": x.reason, "field": x.field}))
+        })
+        .collect();
+    let status = if accepted == 0 && unavailable {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::ACCEPTED
+    };
+    warp::reply::with_status(
+        warp::reply::json(&json!({"accepted": accepted, "bots": bots, "rejected": rejected})),
+        status,
+    )
+    .into_response()
+}
+
+fn too_many(max: usize, got: usize) -> Option<warp::reply::Response> {
+    (got > max).then(|| {
+        error_reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("a batch holds at most {max} events, got {got}"),
+            Some("events"),
+        )
+    })
+}
+
 /// The ingest routes.
 pub fn routes(
     collector: Arc<Collector>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     let limit = collector.config.max_body_bytes;
     let c1 = collector.clone();
+    // Clickflow's own events and Plausible's (told apart by `site` vs `domain`), so that
+    // Plausible's script works with its data-api pointed here.
     let event = warp::path!("api" / "event")
         .and(warp::post())
         .and(json_body(limit))
@@ -702,26 +872,22 @@ pub fn routes(
                     Ok(v) => v,
                     Err(reply) => return *reply,
                 };
-                match c.ingest(std::slice::from_ref(&raw), &sender).await.pop() {
-                    Some(Ok(a)) => warp::reply::with_status(
-                        warp::reply::json(&json!({
-                            "accepted": 1,
-                            "event_id": a.event_id,
-                            "bots": a.bot as u8,
-                        })),
-                        StatusCode::ACCEPTED,
-                    )
-                    .into_response(),
-                    Some(Err(r)) => error_reply(status_of(r.status), &r.reason, r.field),
-                    None => error_reply(StatusCode::INTERNAL_SERVER_ERROR, "no result", None),
-                }
+                let events = if compat::is_plausible(&raw) {
+                    match c.translate_plausible(&raw).await {
+                        Ok(events) => events,
+                        Err(r) => return event_reply(&[Err(r)]),
+                    }
+                } else {
+                    vec![raw]
+                };
+                event_reply(&c.ingest(&events, &sender).await)
             }
         });
     let c2 = collector.clone();
     let batch = warp::path!("api" / "batch")
         .and(warp::post())
         .and(json_body(limit))
-        .and(sender(collector))
+        .and(sender(collector.clone()))
         .then(move |body: Bytes, sender: Sender| {
             let c = c2.clone();
             async move {
@@ -736,51 +902,49 @@ pub fn routes(
                         Some("events"),
                     );
                 };
-                if events.len() > c.config.max_batch_events {
-                    return error_reply(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!(
-                            "a batch holds at most {} events, got {}",
-                            c.config.max_batch_events,
-                            events.len()
-                        ),
-                        Some("events"),
-                    );
+                if let Some(reply) = too_many(c.config.max_batch_events, events.len()) {
+                    return reply;
                 }
-                let results = c.ingest(events, &sender).await;
-                let accepted = results.iter().filter(|r| r.is_ok()).count();
-                // Said out loud, so a server posting with its HTTP library's user agent (and
-                // no per-event `user_agent`) sees why its events do not show as visits.
-                let bots = results
-                    .iter()
-                    .filter(|r| matches!(r, Ok(a) if a.bot))
-                    .count();
-                let unavailable = results
-                    .iter()
-                    .any(|r| matches!(r, Err(x) if x.status == 503));
-                let rejected: Vec<Value> = results
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, r)| {
-                        r.as_ref()
-                            .err()
-                            .map(|x| json!({"index": i, "reason": x.reason, "field": x.field}))
-                    })
-                    .collect();
-                let status = if accepted == 0 && unavailable {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::ACCEPTED
-                };
-                warp::reply::with_status(
-                    warp::reply::json(
-                        &json!({"accepted": accepted, "bots": bots, "rejected": rejected}),
-                    ),
-                    status,
-                )
-                .into_response()
+                batch_reply(&c.ingest(events, &sender).await)
             }
         });
+    let c3 = collector.clone();
+    let ga4 = warp::path!("mp" / "collect")
+        .and(warp::post())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(json_body(limit))
+        .and(sender(collector))
+        .then(
+            move |query: HashMap<String, String>, body: Bytes, mut sender: Sender| {
+                let c = c3.clone();
+                async move {
+                    let raw = match parse_json(&body) {
+                        Ok(v) => v,
+                        Err(reply) => return *reply,
+                    };
+                    let translated = match c.translate_ga4(&query, &raw, &mut sender).await {
+                        Ok(t) => t,
+                        Err(r) => return error_reply(status_of(r.status), &r.reason, r.field),
+                    };
+                    if let Some(reply) = too_many(c.config.max_batch_events, translated.len()) {
+                        return reply;
+                    }
+                    let valid: Vec<Value> =
+                        translated.iter().filter_map(|t| t.clone().ok()).collect();
+                    let mut ingested = c.ingest(&valid, &sender).await.into_iter();
+                    let results: Vec<Result<Accepted, Refusal>> = translated
+                        .into_iter()
+                        .map(|t| match t {
+                            Ok(_) => ingested
+                                .next()
+                                .unwrap_or_else(|| Err(Refusal::bad("event", "not ingested"))),
+                            Err(r) => Err(r),
+                        })
+                        .collect();
+                    batch_reply(&results)
+                }
+            },
+        );
     // Trackers post from merchants' pages, another origin than the collector's. Beacons and
     // text/plain posts need no preflight; a fetch with JSON does, and gets it answered here.
     let cors = warp::cors()
@@ -790,6 +954,8 @@ pub fn routes(
         .max_age(86_400);
     event
         .or(batch)
+        .unify()
+        .or(ga4)
         .unify()
         .with(cors)
         .map(warp::reply::Reply::into_response)

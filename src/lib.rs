@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod collector;
+pub mod compat;
 pub mod config;
 pub mod engine;
 pub mod enrich;

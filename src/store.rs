@@ -21,6 +21,9 @@ CREATE TABLE IF NOT EXISTS sites (
     api_key     text NOT NULL UNIQUE,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+-- Plausible's API names sites by domain; the collector looks them up by this expression.
+CREATE INDEX IF NOT EXISTS sites_by_domain
+    ON sites (lower(regexp_replace(rtrim(domain, '.'), '^www\.', '')));
 CREATE TABLE IF NOT EXISTS salts (
     day   date PRIMARY KEY,
     salt  bytea NOT NULL

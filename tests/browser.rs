@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
@@ -183,51 +182,6 @@ async fn click(b: &Client, css: &str) {
         .unwrap();
 }
 
-/// Sum over days of `metric` by `breakdown` (none: the total under "").
-fn query(
-    setup: &Setup,
-    site: &str,
-    key: &str,
-    metric: &str,
-    breakdown: &[&str],
-) -> Option<BTreeMap<String, String>> {
-    let now = Utc::now();
-    let day = |d: i64| {
-        (now + chrono::Duration::days(d))
-            .format("%Y-%m-%d")
-            .to_string()
-    };
-    let mut dims = vec!["time:day".to_string()];
-    dims.extend(breakdown.iter().map(|d| d.to_string()));
-    let (status, body) = post(
-        &setup.url("/api/v1/query"),
-        &json!({"site_id": site, "metrics": [metric], "date_range": [day(-1), day(1)], "dimensions": dims}),
-        Some(key),
-    );
-    if status != 200 {
-        eprintln!("{metric} by {breakdown:?}: {status} {body}");
-        return None;
-    }
-    let mut out: BTreeMap<String, f64> = BTreeMap::new();
-    for row in body["results"].as_array()? {
-        let d = dimension_values(row)?;
-        *out.entry(d[1..].join(" ")).or_default() += row["metrics"][0].as_f64()?;
-    }
-    Some(
-        out.into_iter()
-            .filter(|(_, v)| *v != 0.0)
-            .map(|(k, v)| (k, format!("{v}")))
-            .collect(),
-    )
-}
-
-fn expect(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 #[test]
 fn what_the_browser_did_is_what_the_rollups_say() {
     let db = fresh_database();
@@ -295,7 +249,7 @@ fn what_the_browser_did_is_what_the_rollups_say() {
     // /settings, /queued.html; B: /landing) and 4 custom events. Nothing more: the replayed
     // URLs and the opted-out reload sent nothing.
     let download = format!("File Download {shop}/files/report.pdf");
-    let want: Vec<(&str, &[&str], BTreeMap<String, String>)> = vec![
+    let want: Vec<Want> = vec![
         ("pageviews", &[], expect(&[("", "9")])),
         ("events", &[], expect(&[("", "13")])),
         ("visitors", &[], expect(&[("", "2")])),
@@ -345,26 +299,7 @@ fn what_the_browser_did_is_what_the_rollups_say() {
             expect(&[("Direct / None", "1"), ("localhost", "1")]),
         ),
     ];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let differences: Vec<String> = want
-            .iter()
-            .filter_map(|(metric, breakdown, expected)| {
-                let got = query(&setup, &site, &key, metric, breakdown);
-                (got.as_ref() != Some(expected))
-                    .then(|| format!("{metric} by {breakdown:?}: want {expected:?}, got {got:?}"))
-            })
-            .collect();
-        if differences.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rollups never matched the browser:\n{}",
-            differences.join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    await_rollups(&setup, &site, &key, &want);
     // And the collector accepted exactly those 13 events, none of them from a bot: a
     // duplicate send would have had an id of its own and shown above, a bot hit here.
     let metrics = reqwest::blocking::get(setup.url("/metrics"))

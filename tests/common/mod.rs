@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
 
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the suite with scripts/test.sh (it starts Postgres and the broker)"))
@@ -291,4 +293,77 @@ pub fn dimension_values(row: &Value) -> Option<Vec<&str>> {
             .filter_map(|x| x.as_str())
             .collect(),
     )
+}
+
+/// Sum over days of `metric` by `breakdown` (none: the total under "").
+pub fn totals(
+    setup: &Setup,
+    site: &str,
+    key: &str,
+    metric: &str,
+    breakdown: &[&str],
+) -> Option<BTreeMap<String, String>> {
+    let now = chrono::Utc::now();
+    let day = |d: i64| {
+        (now + chrono::Duration::days(d))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let mut dims = vec!["time:day".to_string()];
+    dims.extend(breakdown.iter().map(|d| d.to_string()));
+    let (status, body) = post(
+        &setup.url("/api/v1/query"),
+        &json!({"site_id": site, "metrics": [metric], "date_range": [day(-1), day(1)], "dimensions": dims}),
+        Some(key),
+    );
+    if status != 200 {
+        eprintln!("{metric} by {breakdown:?}: {status} {body}");
+        return None;
+    }
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for row in body["results"].as_array()? {
+        let d = dimension_values(row)?;
+        *out.entry(d[1..].join(" ")).or_default() += row["metrics"][0].as_f64()?;
+    }
+    Some(
+        out.into_iter()
+            .filter(|(_, v)| *v != 0.0)
+            .map(|(k, v)| (k, format!("{v}")))
+            .collect(),
+    )
+}
+
+pub fn expect(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// One expected breakdown: metric, dimensions, and the totals by dimension values.
+pub type Want<'a> = (&'a str, &'a [&'a str], BTreeMap<String, String>);
+
+/// Waits (up to a minute) until every breakdown in `want` equals its totals exactly; fails
+/// with the differences otherwise.
+pub fn await_rollups(setup: &Setup, site: &str, key: &str, want: &[Want]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let differences: Vec<String> = want
+            .iter()
+            .filter_map(|(metric, breakdown, expected)| {
+                let got = totals(setup, site, key, metric, breakdown);
+                (got.as_ref() != Some(expected))
+                    .then(|| format!("{metric} by {breakdown:?}: want {expected:?}, got {got:?}"))
+            })
+            .collect();
+        if differences.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rollups never matched:\n{}",
+            differences.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
