@@ -3,10 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use clickflow_dataflows::metric::VALUE_SEPARATOR;
-use clickflow_operators::time::{bucket_of, Granularity};
 use serde_json::{json, Value};
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
@@ -56,55 +54,6 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("database unavailable: {reason}"),
         )
-    }
-}
-
-/// Parses one end of a date range: a date (midnight in the site's zone; `to` dates are
-/// inclusive, so they mean the following midnight) or an RFC 3339 instant.
-fn parse_bound(s: &str, tz: Tz, is_end: bool) -> Result<i64, ApiError> {
-    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        let d = if is_end {
-            d.succ_opt()
-                .ok_or_else(|| ApiError::bad("date out of range"))?
-        } else {
-            d
-        };
-        if !(1970..=9999).contains(&d.year()) {
-            return Err(ApiError::bad(format!(
-                "date_range: {s} is outside 1970-9999"
-            )));
-        }
-        // Midday always exists; the day starts where bucket_of says (some zones skip midnight).
-        let midday = d
-            .and_hms_opt(12, 0, 0)
-            .ok_or_else(|| ApiError::bad("date out of range"))?;
-        let local = tz
-            .from_local_datetime(&midday)
-            .earliest()
-            .ok_or_else(|| ApiError::bad(format!("{s}: no midday in {tz}")))?;
-        return Ok(bucket_of(local.timestamp_millis(), Granularity::Day, tz).start);
-    }
-    let ms = DateTime::parse_from_rfc3339(s)
-        .map(|d| d.timestamp_millis())
-        .map_err(|_| {
-            ApiError::bad(format!(
-                "date_range: {s:?} is neither YYYY-MM-DD nor RFC 3339"
-            ))
-        })?;
-    // 1970-01-01 .. 10000-01-01
-    if !(0..253_402_300_800_000).contains(&ms) {
-        return Err(ApiError::bad(format!(
-            "date_range: {s} is outside 1970-9999"
-        )));
-    }
-    Ok(ms)
-}
-
-fn label(ms: i64, g: Granularity, tz: Tz) -> String {
-    let t = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
-    match g {
-        Granularity::Day => t.with_timezone(&tz).format("%Y-%m-%d").to_string(),
-        _ => t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
     }
 }
 
@@ -161,294 +110,19 @@ impl Api {
         let q: Query = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad(format!("invalid query: {e}")))?;
         let tz_name = self.authorize(auth.as_deref(), &q.site_id).await?;
-        let tz: Tz = tz_name.parse().unwrap_or(Tz::UTC);
-        if q.metrics.is_empty() {
-            return Err(ApiError::bad("metrics: name at least one metric"));
-        }
-        let shape = query::shape(&q).map_err(ApiError::bad)?;
-        let formulas = q
-            .metrics
-            .iter()
-            .map(|m| query::formula(m, &shape.breakdown))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ApiError::bad)?;
-        let folds_values = !shape.breakdown_shown
-            && shape
-                .filters
-                .iter()
-                .any(|f| !(f.op == query::FilterOp::Is && f.values.len() == 1));
-        if folds_values && formulas.iter().any(|f| f.is_distinct()) {
-            return Err(ApiError::bad(
-                "visitors of several breakdown values are not a sum: add the filtered dimension to dimensions, or filter to one value with \"is\"",
-            ));
-        }
-        let [from_s, to_s] = q.date_range.as_slice() else {
-            return Err(ApiError::bad("date_range must be [from, to]"));
-        };
-        let (from, to) = (
-            parse_bound(from_s, tz, false)?,
-            parse_bound(to_s, tz, true)?,
-        );
-        if from >= to {
-            return Err(ApiError::bad("date_range: from must be before to"));
-        }
-        let coarsest_materialized = if shape.breakdown.is_empty()
-            && formulas.iter().all(|f| {
-                f.stored()
-                    .iter()
-                    .all(|((family, _), _)| *family == "traffic")
-            }) {
-            Granularity::Minute
-        } else {
-            Granularity::Hour
-        };
-        let granularity = shape.time.unwrap_or_else(|| {
-            if bucket_of(from, Granularity::Day, tz).start == from
-                && bucket_of(to, Granularity::Day, tz).start == to
-            {
-                Granularity::Day
-            } else if from % 3_600_000 == 0 && to % 3_600_000 == 0 {
-                Granularity::Hour
-            } else {
-                Granularity::Minute
-            }
-        });
-        if granularity == Granularity::Minute && coarsest_materialized != Granularity::Minute {
-            return Err(ApiError::bad(
-                "minute buckets exist for pageviews, events, visitors and bot_events only: use time:hour or an hour-aligned date_range",
-            ));
-        }
-        let max_buckets = 50_000;
-        let buckets = {
-            let mut out = Vec::new();
-            let mut t = bucket_of(from, granularity, tz).start;
-            while t < to {
-                out.push(t);
-                if out.len() > max_buckets {
-                    return Err(ApiError::bad(format!(
-                        "date_range spans more than {max_buckets} {} buckets",
-                        granularity.as_str()
-                    )));
-                }
-                t = bucket_of(t, granularity, tz).end;
-            }
-            out
-        };
-        let mut wanted: Vec<(query::Stored, bool)> =
-            formulas.iter().flat_map(|f| f.stored()).collect();
-        wanted.sort();
-        wanted.dedup();
         let client = self.pool.get().await.map_err(ApiError::unavailable)?;
-        let generation: i32 = client
-            .query_one("SELECT generation FROM active_generation", &[])
+        let now = clickflow_operators::source::wall_clock_ms();
+        query::run(&client, &q, &tz_name, now)
             .await
-            .map_err(ApiError::unavailable)?
-            .get(0);
-        let first = buckets.first().copied().unwrap_or(from);
-        // (bucket, breakdown value) → stored metric → value; totals per bucket apart.
-        let mut cells: BTreeMap<(i64, String), BTreeMap<query::Stored, i64>> = BTreeMap::new();
-        let mut totals: BTreeMap<i64, BTreeMap<query::Stored, i64>> = BTreeMap::new();
-        for (total, group) in [(false, &shape.breakdown), (true, &String::new())] {
-            let pairs: Vec<query::Stored> = wanted
-                .iter()
-                .filter(|(_, t)| *t == total)
-                .map(|(s, _)| *s)
-                .collect();
-            if pairs.is_empty() {
-                continue;
-            }
-            let families: Vec<String> = pairs.iter().map(|p| p.0.to_owned()).collect();
-            let metrics: Vec<String> = pairs.iter().map(|p| p.1.to_owned()).collect();
-            let rows = client
-                .query(
-                    "SELECT (extract(epoch FROM r.bucket) * 1000)::bigint, r.family, w.metric, r.dimension_value,
-                            (r.metrics ->> w.metric)::bigint
-                       FROM rollups r JOIN unnest($4::text[], $5::text[]) AS w(family, metric)
-                         ON r.family = w.family AND r.metrics ? w.metric
-                      WHERE site_id = $1 AND generation = $2 AND granularity = $3 AND dimension = $6
-                        AND bucket >= to_timestamp($7::bigint / 1000.0) AND bucket < to_timestamp($8::bigint / 1000.0)",
-                    &[&q.site_id, &generation, &granularity.as_str(), &families, &metrics, group, &first, &to],
-                )
-                .await
-                .map_err(ApiError::unavailable)?;
-            for r in rows {
-                let family: String = r.get(1);
-                let metric: String = r.get(2);
-                let Some(stored) = pairs.iter().find(|p| p.0 == family && p.1 == metric) else {
-                    continue;
-                };
-                let value: String = r.get(3);
-                // Totals (the conversion-rate denominator) are not of the filtered dimension.
-                if !total && !shape.filters.iter().all(|f| f.keeps(&value)) {
-                    continue;
+            .map_err(|e| match e {
+                query::Error::Bad(reason) => ApiError::bad(reason),
+                query::Error::Unavailable(_) => {
+                    ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
                 }
-                let target = if total {
-                    totals.entry(r.get(0)).or_default()
-                } else {
-                    cells.entry((r.get(0), value)).or_default()
-                };
-                target.insert(*stored, r.get(4));
-            }
-        }
-        let frontier: Option<i64> = client
-            .query_one(
-                "SELECT min(frontier_ms) FROM progress WHERE generation = $1",
-                &[&generation],
-            )
-            .await
-            .map_err(ApiError::unavailable)?
-            .get(0);
-        // Result rows: (time label or none, breakdown value or none) → summed cell.
-        let mut grouped: BTreeMap<(Option<i64>, Option<String>), query::Cell> = BTreeMap::new();
-        let key_of = |bucket: i64, value: &str| {
-            (
-                shape.time.map(|_| bucket),
-                shape.breakdown_shown.then(|| value.to_owned()),
-            )
-        };
-        if !shape.breakdown_shown {
-            // every time slot shows up, zero-filled
-            for b in &buckets {
-                grouped.entry(key_of(*b, "")).or_default();
-            }
-        }
-        for ((bucket, value), sums) in &cells {
-            let cell = grouped.entry(key_of(*bucket, value)).or_default();
-            cell.values.insert(value.clone());
-            for (s, v) in sums {
-                *cell.sums.entry(*s).or_default() += v;
-            }
-        }
-        for (key, cell) in grouped.iter_mut() {
-            // A cell covers the buckets of its time slot, or all of them without time.
-            cell.buckets = if shape.time.is_some() {
-                1
-            } else {
-                buckets.len()
-            };
-            for (b, sums) in &totals {
-                if key.0.is_none_or(|t| t == *b) {
-                    for (s, v) in sums {
-                        *cell.totals.entry(*s).or_default() += v;
-                    }
+                query::Error::Internal(reason) => {
+                    ApiError(StatusCode::INTERNAL_SERVER_ERROR, reason)
                 }
-            }
-        }
-        // Visitors over several hours or days: merge the buckets' HyperLogLog registers (the
-        // `visitors_hll` rows beside the visitors rows: traffic's for totals).
-        let sketched =
-            clickflow_dataflows::registry::family_of("visitors_hll", &shape.breakdown).is_some();
-        let distinct_family = formulas
-            .iter()
-            .find_map(|f| match f {
-                query::Formula::Sum {
-                    stored: (family, "visitors"),
-                    distinct: true,
-                } => Some(*family),
-                _ => None,
             })
-            .filter(|_| sketched);
-        let mut estimated = false;
-        if let (Some(family), None, true, false) = (
-            distinct_family,
-            shape.time,
-            buckets.len() > 1,
-            granularity == Granularity::Minute,
-        ) {
-            let dimension = shape.breakdown.as_str();
-            let rows = client
-                .query(
-                    "SELECT dimension_value, sketch FROM rollups
-                      WHERE site_id = $1 AND generation = $2 AND granularity = $3 AND family = $4
-                        AND dimension = $5 AND sketch IS NOT NULL
-                        AND bucket >= to_timestamp($6::bigint / 1000.0) AND bucket < to_timestamp($7::bigint / 1000.0)",
-                    &[&q.site_id, &generation, &granularity.as_str(), &family, &dimension, &first, &to],
-                )
-                .await
-                .map_err(ApiError::unavailable)?;
-            // breakdown value (empty for totals) → registers
-            let mut registers: BTreeMap<String, Vec<(u16, u8)>> = BTreeMap::new();
-            for r in &rows {
-                let value: String = r.get(0);
-                if !shape.breakdown.is_empty() && !shape.filters.iter().all(|f| f.keeps(&value)) {
-                    continue;
-                }
-                let sketch: Vec<u8> = r.get(1);
-                let decoded = clickflow_dataflows::uniques::decode(&sketch).map_err(|e| {
-                    ApiError(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("a stored visitor sketch is unreadable: {e}"),
-                    )
-                })?;
-                registers.entry(value).or_default().extend(decoded);
-            }
-            for ((_, value), cell) in grouped.iter_mut() {
-                // Without a shown breakdown (totals, or one filtered value) every kept
-                // register belongs to the one result row.
-                let regs: Vec<(u16, u8)> = match value {
-                    Some(v) => registers.get(v).cloned().unwrap_or_default(),
-                    None => registers.values().flatten().copied().collect(),
-                };
-                cell.visitors_estimate = Some(clickflow_dataflows::uniques::estimate(regs));
-            }
-            estimated = true;
-        }
-        let mut results: Vec<(Option<i64>, Option<String>, Vec<Value>)> = Vec::new();
-        for ((bucket, value), cell) in &grouped {
-            let metrics = formulas
-                .iter()
-                .map(|f| query::evaluate(f, cell))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(ApiError::bad)?;
-            results.push((*bucket, value.clone(), metrics));
-        }
-        if shape.breakdown_shown {
-            // Top values first within each time slot, by the first metric.
-            let by_first = |v: &Vec<Value>| v.first().and_then(|x| x.as_f64()).unwrap_or(0.0);
-            results.sort_by(|a, b| {
-                a.0.cmp(&b.0)
-                    .then(by_first(&b.2).total_cmp(&by_first(&a.2)))
-                    .then(a.1.cmp(&b.1))
-            });
-            let mut per_slot: BTreeMap<Option<i64>, usize> = BTreeMap::new();
-            results.retain(|r| {
-                let n = per_slot.entry(r.0).or_default();
-                *n += 1;
-                *n <= shape.limit
-            });
-        }
-        let results: Vec<Value> = results
-            .into_iter()
-            .map(|(bucket, value, metrics)| {
-                let mut dims: Vec<Value> = Vec::new();
-                if let (Some(b), Some(g)) = (bucket, shape.time) {
-                    dims.push(json!(label(b, g, tz)));
-                }
-                if let Some(v) = value {
-                    dims.extend(v.split(VALUE_SEPARATOR).map(|p| json!(p)));
-                }
-                json!({ "dimensions": dims, "metrics": metrics })
-            })
-            .collect();
-        Ok(json!({
-            "results": results,
-            "meta": {
-                "site_id": q.site_id,
-                "time_zone": tz_name,
-                "metrics": q.metrics,
-                "dimensions": q.dimensions,
-                "filters": q.filters,
-                "granularity": granularity.as_str(),
-                "date_range": [rfc3339(from), rfc3339(to)],
-                "generation": generation,
-                "complete_until": frontier.map(rfc3339),
-                "estimated": if estimated {
-                    json!({"visitors": "HyperLogLog over the range's buckets (4096 registers): about 1.6 % standard error; see the README"})
-                } else {
-                    Value::Null
-                },
-            }
-        }))
     }
 
     fn admin(&self, auth: Option<&str>) -> Result<&Admin, ApiError> {
@@ -618,7 +292,7 @@ impl Api {
         let minutes: Vec<Value> = (0..30)
             .map(|i| {
                 let m = first + i * 60_000;
-                json!({ "minute": label(m, Granularity::Minute, Tz::UTC), "pageviews": by_minute.get(&m).copied().unwrap_or(0) })
+                json!({ "minute": query::Period::Minute.label(m, Tz::UTC), "pageviews": by_minute.get(&m).copied().unwrap_or(0) })
             })
             .collect();
         Ok(json!({

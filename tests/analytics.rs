@@ -511,6 +511,111 @@ fn every_family_through_kafka_and_two_engine_processes_equals_the_oracle() {
             assert_close(&row["metrics"][0], want.len(), &body);
         }
     }
+    // Weeks and months are slots of days: pageviews add up the days' (the oracle's), visitors
+    // come from the days' merged sketches. "7d" holds every event; "today" compared with
+    // the previous period is today against yesterday.
+    let pageviews_on = |i: usize, d: &str| -> i64 {
+        want.get(&("pageviews".to_owned(), i, d.to_owned(), String::new()))
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    for (i, (site, key)) in sites.iter().enumerate() {
+        let tz = tzs[i];
+        // The range's days (dates in the site's zone), and today and yesterday there.
+        let first = chrono::NaiveDate::parse_from_str(&range[0], "%Y-%m-%d").unwrap();
+        let days: Vec<String> = (0..3)
+            .map(|d| {
+                (first + chrono::Days::new(d))
+                    .format("%Y-%m-%d")
+                    .to_string()
+            })
+            .collect();
+        let today = now.with_timezone(&tz).date_naive();
+        let yesterday = (today - chrono::Days::new(1))
+            .format("%Y-%m-%d")
+            .to_string();
+        let today = today.format("%Y-%m-%d").to_string();
+        for (period, slot_of) in [
+            (
+                "week",
+                Box::new(|d: &str| {
+                    let date = chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap();
+                    let monday = date
+                        - chrono::Days::new(
+                            chrono::Datelike::weekday(&date).num_days_from_monday() as u64,
+                        );
+                    monday.format("%Y-%m-%d").to_string()
+                }) as Box<dyn Fn(&str) -> String>,
+            ),
+            ("month", Box::new(|d: &str| d[..7].to_owned())),
+        ] {
+            let (status, body) = post(
+                &setup.url("/api/v1/query"),
+                &json!({"site_id": site, "metrics": ["pageviews", "visitors"], "date_range": range,
+                        "dimensions": [format!("time:{period}")]}),
+                Some(key),
+            );
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["meta"]["granularity"], period, "{body}");
+            let rows = body["results"].as_array().unwrap();
+            let mut slots: Vec<String> = days.iter().map(|d| slot_of(d)).collect();
+            slots.dedup();
+            let labels: Vec<&str> = rows
+                .iter()
+                .map(|r| r["dimensions"][0].as_str().unwrap())
+                .collect();
+            assert_eq!(labels, slots, "{body}");
+            for row in rows {
+                let slot = row["dimensions"][0].as_str().unwrap();
+                let in_slot = |d: &str| slot_of(d) == slot;
+                let pageviews: i64 = days
+                    .iter()
+                    .filter(|d| in_slot(d))
+                    .map(|d| pageviews_on(i, d))
+                    .sum();
+                assert_eq!(
+                    row["metrics"][0].as_i64(),
+                    Some(pageviews),
+                    "{period} {slot}: {body}"
+                );
+                let visitors: HashSet<&str> = sent
+                    .iter()
+                    .filter(|s| s.site == i && s.agent != GOOGLEBOT && s.event["name"] != "refund")
+                    .filter(|s| in_slot(&day(s.event["ts"].as_i64().unwrap(), tz)))
+                    .map(|s| s.event["visitor_id"].as_str().unwrap())
+                    .filter(|v| !erased.contains(&(i, v.to_string())))
+                    .collect();
+                assert_close(&row["metrics"][1], visitors.len(), &body);
+            }
+        }
+        let total: i64 = days.iter().map(|d| pageviews_on(i, d)).sum();
+        let (status, body) = post(
+            &setup.url("/api/v1/query"),
+            &json!({"site_id": site, "metrics": ["pageviews"], "date_range": "7d"}),
+            Some(key),
+        );
+        assert_eq!(
+            (status, body["results"][0]["metrics"][0].as_i64()),
+            (200, Some(total)),
+            "{body}"
+        );
+        let (status, body) = post(
+            &setup.url("/api/v1/query"),
+            &json!({"site_id": site, "metrics": ["pageviews"], "date_range": "today",
+                    "compare": "previous_period"}),
+            Some(key),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["results"][0]["metrics"][0].as_i64(),
+            Some(pageviews_on(i, &today)),
+            "{body}"
+        );
+        assert_eq!(
+            body["comparison"]["results"][0]["metrics"][0].as_i64(),
+            Some(pageviews_on(i, &yesterday)),
+            "{body}"
+        );
+    }
     // Conversion rate of one goal: its converting visitors over all of the day's visitors
     // (the filter narrows the goals, not the denominator).
     for (i, (site, key)) in sites.iter().enumerate() {

@@ -48,6 +48,9 @@ fn wrong_keys_and_bad_queries_are_refused_with_reasons() {
             "before",
         ),
         (json!({"date_range": ["2026-11-05"]}), "[from, to]"),
+        (json!({"date_range": "fortnight"}), "unknown preset"),
+        (json!({"compare": "last_year"}), "unknown comparison"),
+        (json!({"dimensions": ["time:year"]}), "time:week"),
         (json!({"dimensions": ["planet"]}), "unknown dimension"),
         (
             json!({"dimensions": ["country"]}),

@@ -1,28 +1,10 @@
-//! Query planning: which rollup rows answer a merchant's question, and how stored sums turn
-//! into the numbers they asked for. Pure functions; `api` runs the plan against Postgres.
+//! What the metrics a merchant asks for mean: which stored rollup sums each is read from,
+//! and how those sums, added over a result row's buckets, become the number returned.
 
 use std::collections::BTreeMap;
 
-use clickflow_dataflows::metric::{DIMENSION_SEPARATOR, VALUE_SEPARATOR};
 use clickflow_dataflows::registry::{family_of, FAMILIES};
-use clickflow_operators::time::Granularity;
-use serde::Deserialize;
 use serde_json::{json, Value};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Query {
-    pub site_id: String,
-    pub metrics: Vec<String>,
-    pub date_range: Vec<String>,
-    #[serde(default)]
-    pub dimensions: Vec<String>,
-    /// `[dimension, "is" | "is_not" | "contains", [values…]]`
-    #[serde(default)]
-    pub filters: Vec<(String, String, Vec<String>)>,
-    #[serde(default)]
-    pub limit: Option<usize>,
-}
 
 /// A stored rollup metric: `(family, metric)`.
 pub type Stored = (&'static str, &'static str);
@@ -189,136 +171,6 @@ fn unknown_metric(metric: &str) -> String {
     )
 }
 
-/// Every breakdown dimension a query may name, for error messages.
-pub fn known_dimensions() -> Vec<String> {
-    let mut out: Vec<String> = FAMILIES
-        .iter()
-        .flat_map(|f| f.dimensions.iter())
-        .filter(|d| !d.is_empty())
-        .flat_map(|d| d.split(DIMENSION_SEPARATOR))
-        .map(|d| d.replace('*', "<key>"))
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// The parsed shape of a query.
-#[derive(Debug, PartialEq)]
-pub struct Shape {
-    pub time: Option<Granularity>,
-    /// The stored breakdown, e.g. `source` or `goal,prop:plan`; empty for totals.
-    pub breakdown: String,
-    /// Whether the breakdown is shown as result dimensions (a filter alone does not).
-    pub breakdown_shown: bool,
-    pub filters: Vec<Filter>,
-    pub limit: usize,
-}
-
-#[derive(Debug, PartialEq)]
-pub struct Filter {
-    /// Index of the filtered part in the breakdown's value.
-    pub part: usize,
-    pub op: FilterOp,
-    pub values: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum FilterOp {
-    Is,
-    IsNot,
-    Contains,
-}
-
-impl Filter {
-    pub fn keeps(&self, value: &str) -> bool {
-        let part = value.split(VALUE_SEPARATOR).nth(self.part).unwrap_or("");
-        match self.op {
-            FilterOp::Is => self.values.iter().any(|v| v == part),
-            FilterOp::IsNot => !self.values.iter().any(|v| v == part),
-            FilterOp::Contains => self.values.iter().any(|v| part.contains(v.as_str())),
-        }
-    }
-}
-
-pub const DEFAULT_LIMIT: usize = 100;
-pub const MAX_LIMIT: usize = 10_000;
-
-/// Splits `dimensions` into time and breakdown, and checks filters against the breakdown
-/// (rollups are per breakdown, so a filter can only narrow the breakdown it is stored with).
-pub fn shape(q: &Query) -> Result<Shape, String> {
-    let mut time = None;
-    let mut parts: Vec<String> = Vec::new();
-    for d in &q.dimensions {
-        if let Some(g) = d.strip_prefix("time:") {
-            let g = Granularity::parse(g).ok_or_else(|| {
-                format!(
-                    "dimensions: unknown time dimension {d:?} (time:minute, time:hour, time:day)"
-                )
-            })?;
-            if time.replace(g).is_some() {
-                return Err("dimensions: at most one time dimension".into());
-            }
-        } else {
-            parts.push(d.clone());
-        }
-    }
-    let breakdown_shown = !parts.is_empty();
-    if parts.is_empty() {
-        // A filter without a breakdown narrows the totals to the filtered dimension.
-        let mut dims: Vec<String> = q.filters.iter().map(|f| f.0.clone()).collect();
-        dims.dedup();
-        parts = dims;
-    }
-    let breakdown = parts.join(&DIMENSION_SEPARATOR.to_string());
-    let offered = FAMILIES.iter().any(|f| {
-        f.metrics
-            .iter()
-            .any(|m| family_of(m, &breakdown).is_some_and(|x| x.name == f.name))
-    });
-    if !breakdown.is_empty() && !offered {
-        return Err(format!(
-            "dimensions: unknown dimension {breakdown:?} (time:minute, time:hour, time:day, {}; goal with prop:<key>; goal with currency)",
-            known_dimensions().join(", ")
-        ));
-    }
-    let mut filters = Vec::new();
-    for (dim, op, values) in &q.filters {
-        let part = parts.iter().position(|p| p == dim).ok_or_else(|| {
-            format!("filters: {dim:?} must be one of the query's dimensions ({breakdown:?}): rollups are stored per breakdown")
-        })?;
-        let op = match op.as_str() {
-            "is" => FilterOp::Is,
-            "is_not" => FilterOp::IsNot,
-            "contains" => FilterOp::Contains,
-            other => {
-                return Err(format!(
-                    "filters: unknown operator {other:?} (is, is_not, contains)"
-                ))
-            }
-        };
-        if values.is_empty() {
-            return Err(format!("filters: {dim:?} needs at least one value"));
-        }
-        filters.push(Filter {
-            part,
-            op,
-            values: values.clone(),
-        });
-    }
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(format!("limit must be between 1 and {MAX_LIMIT}"));
-    }
-    Ok(Shape {
-        time,
-        breakdown,
-        breakdown_shown,
-        filters,
-        limit,
-    })
-}
-
 /// Sums of stored metrics for one result row, over the buckets it covers.
 #[derive(Default, Debug)]
 pub struct Cell {
@@ -387,14 +239,6 @@ pub fn evaluate(formula: &Formula, cell: &Cell) -> Result<Value, String> {
 mod tests {
     use super::*;
 
-    fn q(metrics: &[&str], dims: &[&str], filters: Value) -> Query {
-        serde_json::from_value(json!({
-            "site_id": "s", "metrics": metrics, "date_range": ["2026-11-01", "2026-11-02"],
-            "dimensions": dims, "filters": filters
-        }))
-        .unwrap()
-    }
-
     #[test]
     fn metrics_resolve_to_families_by_breakdown() {
         assert_eq!(
@@ -433,50 +277,6 @@ mod tests {
             .contains("not available by \"source\""));
         assert!(formula("conversion_rate", "").is_err());
         assert!(formula("cats", "").unwrap_err().contains("unknown metric"));
-    }
-
-    #[test]
-    fn shapes_split_time_breakdown_and_filters() {
-        let s = shape(&q(
-            &["visitors"],
-            &["time:day", "source"],
-            json!([["source", "is", ["Google"]]]),
-        ))
-        .unwrap();
-        assert_eq!(s.time, Some(Granularity::Day));
-        assert_eq!(s.breakdown, "source");
-        assert!(s.filters[0].keeps("Google") && !s.filters[0].keeps("Bing"));
-        let s = shape(&q(
-            &["conversions"],
-            &["goal", "prop:plan"],
-            json!([["prop:plan", "is_not", ["free"]]]),
-        ))
-        .unwrap();
-        assert_eq!(s.breakdown, "goal,prop:plan");
-        assert!(s.filters[0].keeps("Signup\u{1f}pro") && !s.filters[0].keeps("Signup\u{1f}free"));
-        // a filter alone narrows the totals
-        let s = shape(&q(&["visits"], &[], json!([["country", "is", ["FR"]]]))).unwrap();
-        assert_eq!(
-            (s.breakdown.as_str(), s.breakdown_shown),
-            ("country", false)
-        );
-        assert!(shape(&q(
-            &["visits"],
-            &["source"],
-            json!([["country", "is", ["FR"]]])
-        ))
-        .unwrap_err()
-        .contains("filters"));
-        assert!(shape(&q(&["visits"], &["planet"], json!([])))
-            .unwrap_err()
-            .contains("unknown dimension"));
-        assert!(shape(&q(
-            &["visits"],
-            &["source"],
-            json!([["source", "like", ["x"]]])
-        ))
-        .unwrap_err()
-        .contains("operator"));
     }
 
     #[test]

@@ -1,0 +1,119 @@
+//! A merchant's question, answered from the rollups in five steps, one module each:
+//! [`parse`] (the query checked and resolved against its site) → [`plan`] (which stored
+//! buckets and sums) → [`sql`] (read them) → [`sketch`] (merge visitor sketches where a
+//! row spans several buckets) → [`answer`] (evaluate, order, shape). [`metrics`] says what
+//! each metric means. `api` only routes and authorizes.
+
+pub mod answer;
+pub mod metrics;
+pub mod parse;
+pub mod plan;
+pub mod sketch;
+pub mod sql;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde_json::{json, Value};
+
+pub use metrics::{evaluate, formula, Cell, Formula, Stored};
+pub use parse::{shape, DateRange, Filter, FilterOp, Period, Query, Request, Shape};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The query is wrong: a 400 with the reason.
+    #[error("{0}")]
+    Bad(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Postgres errors say "db error" at the top and the reason in their sources.
+    pub fn unavailable(e: impl std::error::Error) -> Error {
+        let mut reason = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            reason = format!("{reason}: {s}");
+            source = s.source();
+        }
+        Error::Unavailable(reason)
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// Answers `q` for its site (zone `tz_name`) at instant `now`.
+pub async fn run(
+    client: &tokio_postgres::Client,
+    q: &Query,
+    tz_name: &str,
+    now: i64,
+) -> Result<Value, Error> {
+    let tz: Tz = tz_name.parse().unwrap_or(Tz::UTC);
+    let request = parse::parse(q, tz, now).map_err(Error::Bad)?;
+    let generation = sql::generation(client).await?;
+    let (results, granularity, estimated) = period(client, &request, generation).await?;
+    let comparison = match q.compare {
+        Some(_) => {
+            let (from, to) = parse::previous_period(request.from, request.to, tz);
+            let before = Request {
+                from,
+                to,
+                ..request.clone()
+            };
+            let (results, _, _) = period(client, &before, generation).await?;
+            json!({"date_range": [rfc3339(from), rfc3339(to)], "results": results})
+        }
+        None => Value::Null,
+    };
+    let frontier = sql::frontier(client, generation).await?;
+    let mut answer = json!({
+        "results": results,
+        "meta": {
+            "site_id": q.site_id,
+            "time_zone": tz_name,
+            "metrics": q.metrics,
+            "dimensions": q.dimensions,
+            "filters": q.filters,
+            "granularity": request.shape.time.map_or(granularity.as_str(), Period::as_str),
+            "date_range": [rfc3339(request.from), rfc3339(request.to)],
+            "generation": generation,
+            "complete_until": frontier.map(rfc3339),
+            "estimated": if estimated {
+                json!({"visitors": "HyperLogLog over the row's buckets (4096 registers): about 1.6 % standard error; see the README"})
+            } else {
+                Value::Null
+            },
+        }
+    });
+    if !comparison.is_null() {
+        answer["comparison"] = comparison;
+    }
+    Ok(answer)
+}
+
+/// Steps 2–5 for one period: the results, the granularity read, and whether visitors were
+/// estimated from sketches.
+async fn period(
+    client: &tokio_postgres::Client,
+    request: &Request,
+    generation: i32,
+) -> Result<(Vec<Value>, clickflow_operators::time::Granularity, bool), Error> {
+    let plan = plan::plan(request).map_err(Error::Bad)?;
+    let sums = sql::sums(client, request, &plan, generation).await?;
+    let mut rows = answer::group(request, &plan, &sums);
+    let merged = sketch::family_to_merge(request, &plan, &rows);
+    if let Some(family) = merged {
+        let sketches = sql::sketches(client, request, &plan, generation, family).await?;
+        sketch::merge(&plan, &mut rows, sketches)?;
+    }
+    let results = answer::results(request, &rows).map_err(Error::Bad)?;
+    Ok((results, plan.granularity, merged.is_some()))
+}

@@ -1,0 +1,75 @@
+//! Step 4: visitors of result rows that span several stored buckets (a week, a month, a
+//! whole range), from the merged HyperLogLog registers stored beside each bucket's exact
+//! count. Distinct counts never add up across buckets; registers merge.
+
+use std::collections::BTreeMap;
+
+use clickflow_dataflows::registry::family_of;
+use clickflow_operators::time::Granularity;
+
+use super::metrics::{Cell, Formula};
+use super::parse::Request;
+use super::plan::Plan;
+use super::Error;
+
+/// A result row: its time slot (if the query has a time dimension) and breakdown value (if
+/// shown).
+pub type RowKey = (Option<i64>, Option<String>);
+
+/// The family whose sketches answer the request's visitors, when some row spans several
+/// buckets and that family keeps sketches for the breakdown.
+pub fn family_to_merge(
+    r: &Request,
+    plan: &Plan,
+    rows: &BTreeMap<RowKey, Cell>,
+) -> Option<&'static str> {
+    if plan.granularity == Granularity::Minute || !rows.values().any(|c| c.buckets > 1) {
+        return None;
+    }
+    family_of("visitors_hll", &r.shape.breakdown)?;
+    r.formulas.iter().find_map(|f| match f {
+        Formula::Sum {
+            stored: (family, "visitors"),
+            distinct: true,
+        } => Some(*family),
+        _ => None,
+    })
+}
+
+/// HyperLogLog registers as `(index, rank)`.
+type Registers = Vec<(u16, u8)>;
+
+/// Sets each multi-bucket row's visitor estimate from the registers of its buckets.
+pub fn merge(
+    plan: &Plan,
+    rows: &mut BTreeMap<RowKey, Cell>,
+    sketches: Vec<(i64, String, Vec<u8>)>,
+) -> Result<(), Error> {
+    // (slot, breakdown value) → registers
+    let mut registers: BTreeMap<(Option<i64>, String), Registers> = BTreeMap::new();
+    for (bucket, value, sketch) in sketches {
+        let decoded = clickflow_dataflows::uniques::decode(&sketch)
+            .map_err(|e| Error::Internal(format!("a stored visitor sketch is unreadable: {e}")))?;
+        registers
+            .entry((plan.slot_of(bucket), value))
+            .or_default()
+            .extend(decoded);
+    }
+    for ((slot, value), cell) in rows.iter_mut().filter(|(_, c)| c.buckets > 1) {
+        // Without a shown breakdown (totals, or one filtered value) every kept register of
+        // the slot belongs to the row.
+        let regs: Registers = match value {
+            Some(v) => registers
+                .get(&(*slot, v.clone()))
+                .cloned()
+                .unwrap_or_default(),
+            None => registers
+                .iter()
+                .filter(|((s, _), _)| s == slot)
+                .flat_map(|(_, r)| r.iter().copied())
+                .collect(),
+        };
+        cell.visitors_estimate = Some(clickflow_dataflows::uniques::estimate(regs));
+    }
+    Ok(())
+}
