@@ -1,4 +1,6 @@
-//! The merchant query API: `POST /api/v1/query`, plus `/healthz` and `/metrics`.
+//! The merchant API: `POST /api/v1/query`, realtime, read-only share links, admin actions,
+//! the dashboard's pages, `/healthz` and `/metrics`. Routing and authorization only: the
+//! query path lives in `query`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,22 +66,45 @@ fn rfc3339(ms: i64) -> String {
         .to_string()
 }
 
+/// Share tokens start so, API keys with `cfk_`.
+const SHARE_PREFIX: &str = "cfs_";
+
 impl Api {
-    /// Finds the site of a bearer key: `None` is a 401.
-    async fn site_of_key(&self, key: &str) -> Result<Option<(String, String)>, ApiError> {
+    /// Finds the site (and its zone) of a bearer credential: a site's API key or, where
+    /// `shares` allows, a live read-only share token. `None` is a 401.
+    async fn site_of_key(
+        &self,
+        key: &str,
+        shares: bool,
+    ) -> Result<Option<(String, String)>, ApiError> {
         let client = self.pool.get().await.map_err(ApiError::unavailable)?;
+        let sql = if shares && key.starts_with(SHARE_PREFIX) {
+            "SELECT s.id, s.time_zone FROM shares h JOIN sites s ON s.id = h.site_id
+              WHERE h.token = $1 AND h.revoked_at IS NULL"
+        } else {
+            "SELECT id, time_zone FROM sites WHERE api_key = $1"
+        };
         let row = client
-            .query_opt(
-                "SELECT id, time_zone FROM sites WHERE api_key = $1",
-                &[&key],
-            )
+            .query_opt(sql, &[&key])
             .await
             .map_err(ApiError::unavailable)?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
-    /// Authenticates a site API key and checks it grants `site_id`; returns the site's zone.
+    /// Checks a bearer credential grants reading `site_id` (an API key or a share token);
+    /// returns the site's zone.
     async fn authorize(&self, auth: Option<&str>, site_id: &str) -> Result<String, ApiError> {
+        self.authorize_with(auth, site_id, true).await
+    }
+
+    /// As [`Api::authorize`], with share tokens refused where `shares` is false (managing
+    /// shares takes the site's own key).
+    async fn authorize_with(
+        &self,
+        auth: Option<&str>,
+        site_id: &str,
+        shares: bool,
+    ) -> Result<String, ApiError> {
         let key = auth
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
@@ -91,7 +116,7 @@ impl Api {
                 )
             })?;
         let (key_site, tz_name) = self
-            .site_of_key(key)
+            .site_of_key(key, shares)
             .await?
             .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown API key".into()))?;
         if site_id != key_site {
@@ -101,6 +126,71 @@ impl Api {
             ));
         }
         Ok(tz_name)
+    }
+
+    /// `POST /api/v1/shares?site_id=`: a new read-only link to the site's dashboard.
+    pub async fn create_share(
+        &self,
+        auth: Option<String>,
+        site_id: String,
+    ) -> Result<Value, ApiError> {
+        self.authorize_with(auth.as_deref(), &site_id, false)
+            .await?;
+        let token = crate::store::random_token(SHARE_PREFIX, 32);
+        let client = self.pool.get().await.map_err(ApiError::unavailable)?;
+        client
+            .execute(
+                "INSERT INTO shares (token, site_id) VALUES ($1, $2)",
+                &[&token, &site_id],
+            )
+            .await
+            .map_err(ApiError::unavailable)?;
+        Ok(json!({"token": token, "url": format!("/share/{token}")}))
+    }
+
+    /// `GET /api/v1/shares/<token>`: the site a live share token opens (the token is the
+    /// credential: without it nothing is said).
+    pub async fn share(&self, token: String) -> Result<Value, ApiError> {
+        let client = self.pool.get().await.map_err(ApiError::unavailable)?;
+        let row = client
+            .query_opt(
+                "SELECT s.id, s.domain FROM shares h JOIN sites s ON s.id = h.site_id
+                  WHERE h.token = $1 AND h.revoked_at IS NULL",
+                &[&token],
+            )
+            .await
+            .map_err(ApiError::unavailable)?
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::NOT_FOUND,
+                    "no such share, or it was revoked".into(),
+                )
+            })?;
+        let (site_id, domain): (String, String) = (row.get(0), row.get(1));
+        Ok(json!({"site_id": site_id, "domain": domain}))
+    }
+
+    /// `DELETE /api/v1/shares/<token>` with the site's own key: the link stops working.
+    pub async fn revoke_share(
+        &self,
+        auth: Option<String>,
+        token: String,
+    ) -> Result<Value, ApiError> {
+        let site_id = self.share(token.clone()).await?["site_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.authorize_with(auth.as_deref(), &site_id, false)
+            .await?;
+        let client = self.pool.get().await.map_err(ApiError::unavailable)?;
+        client
+            .execute(
+                "UPDATE shares SET revoked_at = now() WHERE token = $1 AND revoked_at IS NULL",
+                &[&token],
+            )
+            .await
+            .map_err(ApiError::unavailable)?;
+        Ok(json!({"revoked": true}))
     }
 
     pub async fn query(&self, auth: Option<String>, body: &[u8]) -> Result<Value, ApiError> {
@@ -384,7 +474,51 @@ pub fn routes(
         )
         .into_response()
     });
+    let a6 = api.clone();
+    let create_share = warp::path!("api" / "v1" / "shares")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::<BTreeMap<String, String>>())
+        .then(move |auth: Option<String>, q: BTreeMap<String, String>| {
+            let api = a6.clone();
+            async move {
+                match q.get("site_id").filter(|s| !s.is_empty()) {
+                    Some(site) => reply(
+                        api.create_share(auth, site.clone()).await,
+                        StatusCode::CREATED,
+                    ),
+                    None => error_reply(
+                        StatusCode::BAD_REQUEST,
+                        "site_id is required",
+                        Some("site_id"),
+                    ),
+                }
+            }
+        });
+    let a7 = api.clone();
+    let share = warp::path!("api" / "v1" / "shares" / String)
+        .and(warp::get())
+        .then(move |token: String| {
+            let api = a7.clone();
+            async move { reply(api.share(token).await, StatusCode::OK) }
+        });
+    let a8 = api.clone();
+    let revoke_share = warp::path!("api" / "v1" / "shares" / String)
+        .and(warp::delete())
+        .and(warp::header::optional::<String>("authorization"))
+        .then(move |token: String, auth: Option<String>| {
+            let api = a8.clone();
+            async move { reply(api.revoke_share(auth, token).await, StatusCode::OK) }
+        });
     query
+        .or(create_share)
+        .unify()
+        .or(share)
+        .unify()
+        .or(revoke_share)
+        .unify()
+        .or(crate::dashboard::routes())
+        .unify()
         .or(health)
         .unify()
         .or(metrics)

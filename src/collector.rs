@@ -438,6 +438,31 @@ impl Collector {
         Ok(ts.min(now))
     }
 
+    /// [`Collector::ingest`] in a task of its own, so that a client that hangs up mid-request
+    /// (a page unloading after a beacon) cannot cancel it between the log's acknowledgement
+    /// and the bookkeeping that follows.
+    pub async fn ingest_detached(
+        self: &Arc<Self>,
+        raws: Vec<Value>,
+        sender: Sender,
+    ) -> Vec<Result<Accepted, Refusal>> {
+        let collector = self.clone();
+        let n = raws.len();
+        tokio::spawn(async move { collector.ingest(&raws, &sender).await })
+            .await
+            .unwrap_or_else(|e| {
+                (0..n)
+                    .map(|_| {
+                        Err(Refusal {
+                            status: 500,
+                            field: None,
+                            reason: format!("ingest failed: {e}"),
+                        })
+                    })
+                    .collect()
+            })
+    }
+
     /// Validates and appends; returns per-input results in order (what was logged, or why not).
     pub async fn ingest(&self, raws: &[Value], sender: &Sender) -> Vec<Result<Accepted, Refusal>> {
         let now = clickflow_operators::source::wall_clock_ms();
@@ -880,7 +905,7 @@ pub fn routes(
                 } else {
                     vec![raw]
                 };
-                event_reply(&c.ingest(&events, &sender).await)
+                event_reply(&c.ingest_detached(events, sender).await)
             }
         });
     let c2 = collector.clone();
@@ -891,11 +916,15 @@ pub fn routes(
         .then(move |body: Bytes, sender: Sender| {
             let c = c2.clone();
             async move {
-                let raw = match parse_json(&body) {
+                let mut raw = match parse_json(&body) {
                     Ok(v) => v,
                     Err(reply) => return *reply,
                 };
-                let Some(events) = raw.get("events").and_then(|e| e.as_array()) else {
+                let events = raw
+                    .get_mut("events")
+                    .and_then(|e| e.as_array_mut())
+                    .map(std::mem::take);
+                let Some(events) = events else {
                     return error_reply(
                         StatusCode::BAD_REQUEST,
                         "a batch is {\"events\": [ ... ]}",
@@ -905,7 +934,7 @@ pub fn routes(
                 if let Some(reply) = too_many(c.config.max_batch_events, events.len()) {
                     return reply;
                 }
-                batch_reply(&c.ingest(events, &sender).await)
+                batch_reply(&c.ingest_detached(events, sender).await)
             }
         });
     let c3 = collector.clone();
@@ -931,7 +960,7 @@ pub fn routes(
                     }
                     let valid: Vec<Value> =
                         translated.iter().filter_map(|t| t.clone().ok()).collect();
-                    let mut ingested = c.ingest(&valid, &sender).await.into_iter();
+                    let mut ingested = c.ingest_detached(valid, sender).await.into_iter();
                     let results: Vec<Result<Accepted, Refusal>> = translated
                         .into_iter()
                         .map(|t| match t {

@@ -8,6 +8,7 @@ pub mod api;
 pub mod collector;
 pub mod compat;
 pub mod config;
+pub mod dashboard;
 pub mod engine;
 pub mod enrich;
 pub mod erase;

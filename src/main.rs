@@ -439,6 +439,10 @@ fn up(mut config: Config, demo: bool, workers: usize) -> anyhow::Result<()> {
         site.1
     );
     println!(
+        "  dashboard:  http://{listen}/sites/{}#key={}",
+        site.0, site.1
+    );
+    println!(
         "  tracker:    {}\n              (pages served from localhost also need data-allow-localhost)",
         script_tag(&site.0, &listen)
     );

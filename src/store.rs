@@ -24,6 +24,13 @@ CREATE TABLE IF NOT EXISTS sites (
 -- Plausible's API names sites by domain; the collector looks them up by this expression.
 CREATE INDEX IF NOT EXISTS sites_by_domain
     ON sites (lower(regexp_replace(rtrim(domain, '.'), '^www\.', '')));
+-- Read-only dashboard links: the token is the credential; revoking keeps the row.
+CREATE TABLE IF NOT EXISTS shares (
+    token       text PRIMARY KEY,
+    site_id     text NOT NULL REFERENCES sites(id),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+);
 CREATE TABLE IF NOT EXISTS salts (
     day   date PRIMARY KEY,
     salt  bytea NOT NULL
@@ -315,7 +322,7 @@ pub struct Site {
     pub api_key: String,
 }
 
-fn random_token(prefix: &str, len: usize) -> String {
+pub fn random_token(prefix: &str, len: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyz23456789";
     let mut rng = rand::rng();
     let body: String = (0..len)

@@ -184,17 +184,16 @@ async fn click(b: &Client, css: &str) {
 
 #[test]
 fn what_the_browser_did_is_what_the_rollups_say() {
-    let db = fresh_database();
-    let scratch = tempfile::tempdir().unwrap();
-    let setup = Setup::embedded(&db, scratch.path().join("log"));
-    setup.run(&["migrate"]);
-    let (site, key) = setup.add_site("shop.test", "UTC");
-    let _server = setup.spawn(&["serve"]);
-    setup.wait_healthy();
-    let _engine = spawn_engine(&setup, 1, 1, scratch.path());
+    let running = running_site("shop.test");
+    let (setup, site, key, scratch) = (
+        &running.setup,
+        &running.site,
+        &running.key,
+        &running.scratch,
+    );
     let driver = chromedriver();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let shop = runtime.block_on(serve(merchant_site(&setup.url(""), &site)));
+    let shop = runtime.block_on(serve(merchant_site(&setup.url(""), site)));
     let shop = format!("http://127.0.0.1:{}", shop.port());
     // Another host name than the shop's: Chromium sends it as the referrer's origin.
     let other = runtime.block_on(serve(referring_site(format!("{shop}/landing"))));
@@ -299,7 +298,7 @@ fn what_the_browser_did_is_what_the_rollups_say() {
             expect(&[("Direct / None", "1"), ("localhost", "1")]),
         ),
     ];
-    await_rollups(&setup, &site, &key, &want);
+    await_rollups(setup, site, key, &want);
     // And the collector accepted exactly those 13 events, none of them from a bot: a
     // duplicate send would have had an id of its own and shown above, a bot hit here.
     let metrics = reqwest::blocking::get(setup.url("/metrics"))
@@ -317,4 +316,349 @@ fn what_the_browser_did_is_what_the_rollups_say() {
         "{metrics}"
     );
     assert_eq!(counter("clickflow_bot_events_total "), 0.0, "{metrics}");
+}
+
+/// Runs `script` (which returns a value) in the page until it returns true.
+async fn until(b: &Client, script: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if b.execute(script, vec![]).await.ok() == Some(Value::Bool(true)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the dashboard never showed {what}");
+}
+
+/// Every KPI card, the graph and every panel have their answers (a number or a reason).
+const SETTLED: &str = "return [...document.querySelectorAll('.kpi .value')].every(v => v.dataset.value !== undefined || v.textContent == '—')
+    && document.getElementById('graph').dataset.values !== undefined
+    && [...document.querySelectorAll('.panel .table')].every(t => !t.textContent.includes('Loading'))";
+
+/// What the page shows: KPI values, graph values, and each panel's rows as
+/// `[dimension value, [metric values]]`, as the page's data-value attributes carry them.
+const SHOWN: &str = "return {
+    kpis: Object.fromEntries([...document.querySelectorAll('.kpi')].map(k => [k.id.slice(4), k.querySelector('.value').dataset.value ?? null])),
+    kpi_text: Object.fromEntries([...document.querySelectorAll('.kpi')].map(k => [k.id.slice(4), k.querySelector('.value').textContent])),
+    graph: JSON.parse(document.getElementById('graph').dataset.values || 'null'),
+    panels: Object.fromEntries([...document.querySelectorAll('.panel')].map(p => [p.id.slice(6),
+        [...p.querySelectorAll('tr.row')].map(r => [r.querySelector('td').textContent,
+            [...r.querySelectorAll('td[data-value]')].map(td => Number(td.dataset.value))])])),
+    chips: [...document.querySelectorAll('.chip')].map(c => c.textContent),
+    live: document.getElementById('current-visitors').dataset.value,
+    url: location.search
+}";
+
+fn api_query(setup: &Setup, site: &str, key: &str, body: Value) -> Value {
+    let mut q = body;
+    q["site_id"] = json!(site);
+    let (status, answer) = post(&setup.url("/api/v1/query"), &q, Some(key));
+    assert_eq!(status, 200, "{q}: {answer}");
+    answer
+}
+
+#[test]
+fn the_dashboard_shows_the_apis_numbers_and_filters_by_a_click() {
+    let running = running_site("shop.test");
+    let (setup, site, key, scratch) = (
+        &running.setup,
+        &running.site,
+        &running.key,
+        &running.scratch,
+    );
+
+    // A seeded morning: visitors from three sources on four pages, some converting.
+    let now = chrono::Utc::now().timestamp_millis();
+    let referrers = [
+        "https://www.google.com/",
+        "https://news.ycombinator.com/item",
+        "",
+    ];
+    let pages = ["/", "/pricing", "/docs", "/blog/launch"];
+    let mut events = Vec::new();
+    for v in 0..40u64 {
+        let referrer = referrers[(v % 3) as usize];
+        for p in 0..=(v % 4) {
+            events.push(
+                json!({"site": site, "name": "pageview", "visitor_id": format!("v{v}"),
+                "url": format!("https://shop.test{}", pages[p as usize]), "referrer": referrer,
+                "ts": now - ((40 - v) * 60_000) as i64 + p as i64 * 10_000}),
+            );
+        }
+        if v % 5 == 0 {
+            events.push(
+                json!({"site": site, "name": "signup", "visitor_id": format!("v{v}"),
+                "url": "https://shop.test/pricing", "ts": now - ((40 - v) * 60_000) as i64 + 50_000,
+                "revenue": {"amount": "19.00", "currency": "EUR"}}),
+            );
+        }
+    }
+    let (status, body) = post(&setup.url("/api/batch"), &json!({"events": events}), None);
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (202, Some(events.len() as u64)),
+        "{body}"
+    );
+    await_rollups(
+        setup,
+        site,
+        key,
+        &[("visitors", &[], expect(&[("", "40")]))],
+    );
+    // Visits close when their visitor has been idle for 30 minutes: wait for sessions.
+    let driver = chromedriver();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let screenshots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let dashboard = setup.url(&format!("/sites/{site}?period=today#key={key}"));
+
+    let (before, after) = runtime.block_on(async {
+        let b = browser(&driver, BROWSER_UA, &scratch.path().join("profile-d")).await;
+        b.set_window_size(1280, 1500).await.unwrap();
+        b.goto(&dashboard).await.unwrap();
+        until(&b, SETTLED, "every number").await;
+        let before = b.execute(SHOWN, vec![]).await.unwrap();
+        std::fs::write(
+            screenshots.join("dashboard-desktop.png"),
+            b.screenshot().await.unwrap(),
+        )
+        .unwrap();
+        b.set_window_size(390, 1800).await.unwrap();
+        std::fs::write(
+            screenshots.join("dashboard-mobile.png"),
+            b.screenshot().await.unwrap(),
+        )
+        .unwrap();
+        b.set_window_size(1280, 1000).await.unwrap();
+        // A click on the Google row of the sources panel filters the whole dashboard.
+        let google = b
+            .find(Locator::Css("#panel-sources tr.row[data-name='Google']"))
+            .await
+            .expect("a Google row in the sources panel");
+        google.click().await.unwrap();
+        until(
+            &b,
+            "return document.querySelectorAll('.chip').length == 1",
+            "a filter chip",
+        )
+        .await;
+        until(&b, SETTLED, "every number under the filter").await;
+        let after = b.execute(SHOWN, vec![]).await.unwrap();
+        b.close().await.unwrap();
+        (before, after)
+    });
+
+    // Every KPI is the API's own answer for the same query.
+    let today = |metrics: Value, dims: Value, filters: Value| {
+        api_query(
+            setup,
+            site,
+            key,
+            json!({"metrics": metrics, "date_range": "today",
+            "dimensions": dims, "filters": filters}),
+        )
+    };
+    for (kpi, metric) in [
+        ("visitors", "visitors"),
+        ("visits", "visits"),
+        ("pageviews", "pageviews"),
+        ("bounce_rate", "bounce_rate"),
+        ("visit_duration", "visit_duration"),
+    ] {
+        let want = &today(json!([metric]), json!([]), json!([]))["results"][0]["metrics"][0];
+        let shown: f64 = before["kpis"][kpi].as_str().unwrap().parse().unwrap();
+        assert_eq!(shown, want.as_f64().unwrap(), "KPI {kpi}: {before}");
+    }
+    let revenue = today(
+        json!(["total_revenue"]),
+        json!(["goal", "currency"]),
+        json!([]),
+    );
+    let eur: f64 = revenue["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["dimensions"][1] == "EUR")
+        .map(|r| r["metrics"][0].as_f64().unwrap())
+        .sum();
+    assert!(eur > 0.0, "{revenue}");
+    assert_eq!(
+        before["kpis"]["revenue"]
+            .as_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap(),
+        eur,
+        "{before}"
+    );
+    assert_eq!(
+        before["kpi_text"]["revenue"],
+        format!("EUR {eur:.2}"),
+        "{before}"
+    );
+    let visitors =
+        today(json!(["visitors"]), json!([]), json!([]))["results"][0]["metrics"][0].clone();
+    assert_eq!(
+        before["kpi_text"]["visitors"],
+        visitors.to_string(),
+        "{before}"
+    );
+    // The graph, hour by hour.
+    let graph = today(json!(["visitors"]), json!(["time:hour"]), json!([]));
+    let series: Vec<&Value> = graph["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["metrics"][0])
+        .collect();
+    assert_eq!(
+        before["graph"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        series,
+        "{before}"
+    );
+    // Each panel's first tab: its rows and numbers.
+    for (panel, dims, metrics) in [
+        ("pages", json!(["page"]), json!(["visitors", "pageviews"])),
+        ("sources", json!(["source"]), json!(["visitors", "visits"])),
+        ("devices", json!(["device"]), json!(["visitors", "visits"])),
+        (
+            "countries",
+            json!(["country"]),
+            json!(["visitors", "visits"]),
+        ),
+        (
+            "goals",
+            json!(["goal"]),
+            json!(["visitors", "conversions", "conversion_rate"]),
+        ),
+    ] {
+        let mut q =
+            json!({"metrics": metrics, "date_range": "today", "dimensions": dims, "limit": 10});
+        let answer = api_query(setup, site, key, q.take());
+        let want: Vec<Value> = answer["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                json!([
+                    r["dimensions"][0],
+                    r["metrics"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|m| m.as_f64().unwrap())
+                        .collect::<Vec<_>>()
+                ])
+            })
+            .collect();
+        assert!(!want.is_empty(), "{panel}: {answer}");
+        let shown: Vec<Value> = before["panels"][panel]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let values: Vec<f64> = r[1]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m.as_f64().unwrap())
+                    .collect();
+                json!([r[0], values])
+            })
+            .collect();
+        assert_eq!(shown, want, "panel {panel}");
+    }
+    // The live counter: visitors active in the last five minutes, from the realtime API.
+    let live = reqwest::blocking::Client::new()
+        .get(setup.url(&format!("/api/v1/realtime?site_id={site}")))
+        .bearer_auth(key)
+        .send()
+        .and_then(|r| r.json::<Value>())
+        .unwrap();
+    assert_eq!(
+        before["live"].as_str().map(|v| v.parse::<i64>().unwrap()),
+        live["current_visitors"].as_i64(),
+        "{before}"
+    );
+
+    // After the click: a chip, the filter in the URL, and a graph of Google's visits.
+    assert_eq!(after["chips"], json!(["source is Google×"]), "{after}");
+    assert!(
+        after["url"]
+            .as_str()
+            .unwrap()
+            .contains("filter=source%3AGoogle"),
+        "{after}"
+    );
+    let filtered = today(
+        json!(["visits"]),
+        json!(["time:hour"]),
+        json!([["source", "is", ["Google"]]]),
+    );
+    let series: Vec<&Value> = filtered["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["metrics"][0])
+        .collect();
+    assert_eq!(
+        after["graph"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        series,
+        "{after}"
+    );
+    let google_visits: f64 = after["kpis"]["visits"].as_str().unwrap().parse().unwrap();
+    assert!(
+        google_visits > 0.0
+            && google_visits
+                < before["kpis"]["visits"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<f64>()
+                    .unwrap(),
+        "{after}"
+    );
+    // Pageviews are not kept per source: the card says so instead of a wrong number.
+    assert_eq!(after["kpi_text"]["pageviews"], "—", "{after}");
+
+    // A read-only link: made with the site's key, reads like it, makes no links of its own,
+    // and stops working once revoked.
+    let http = reqwest::blocking::Client::new();
+    let created: Value = http
+        .post(setup.url(&format!("/api/v1/shares?site_id={site}")))
+        .bearer_auth(key)
+        .send()
+        .and_then(|r| r.json())
+        .unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    let opened: Value = http
+        .get(setup.url(&format!("/api/v1/shares/{token}")))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap();
+    assert_eq!(opened, json!({"site_id": site, "domain": "shop.test"}));
+    let pageviews = json!({"site_id": site, "metrics": ["pageviews"], "date_range": "today"});
+    let (status, body) = post(&setup.url("/api/v1/query"), &pageviews, Some(&token));
+    assert_eq!(status, 200, "{body}");
+    let by_share = http
+        .post(setup.url(&format!("/api/v1/shares?site_id={site}")))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(by_share.status(), 401);
+    let revoked = http
+        .delete(setup.url(&format!("/api/v1/shares/{token}")))
+        .bearer_auth(key)
+        .send()
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let (status, body) = post(&setup.url("/api/v1/query"), &pageviews, Some(&token));
+    assert_eq!(status, 401, "{body}");
 }

@@ -13,14 +13,8 @@ const SERVER_UA: &str = "python-requests/2.31.0";
 
 #[test]
 fn plausible_and_ga4_requests_land_in_the_rollups() {
-    let db = fresh_database();
-    let scratch = tempfile::tempdir().unwrap();
-    let setup = Setup::embedded(&db, scratch.path().join("log"));
-    setup.run(&["migrate"]);
-    let (site, key) = setup.add_site("shop.test", "UTC");
-    let _server = setup.spawn(&["serve"]);
-    setup.wait_healthy();
-    let _engine = spawn_engine(&setup, 1, 1, scratch.path());
+    let running = running_site("shop.test");
+    let (setup, site, key) = (&running.setup, &running.site, &running.key);
     let event = setup.url("/api/event");
 
     // Plausible's documented Events API request.
@@ -115,7 +109,7 @@ fn plausible_and_ga4_requests_land_in_the_rollups() {
         {"name": "purchase", "params": {"transaction_id": "T-3", "value": 5}},
         {"params": {"x": 1}}
     ]});
-    let (status, body) = post_as(&mp(&key), &first, None, SERVER_UA);
+    let (status, body) = post_as(&mp(key), &first, None, SERVER_UA);
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"], 3, "{body}");
     assert_eq!(body["bots"], 0, "{body}");
@@ -134,7 +128,7 @@ fn plausible_and_ga4_requests_land_in_the_rollups() {
         {"name": "purchase", "params": {"transaction_id": "T-1", "value": 30, "currency": "EUR"}},
         {"name": "refund", "params": {"transaction_id": "T-2"}}
     ]});
-    let (status, body) = post_as(&mp(&key), &again, None, SERVER_UA);
+    let (status, body) = post_as(&mp(key), &again, None, SERVER_UA);
     assert_eq!(
         (status, body["accepted"].as_u64()),
         (202, Some(2)),
@@ -172,7 +166,7 @@ fn plausible_and_ga4_requests_land_in_the_rollups() {
         "{body}"
     );
     let (status, body) = post_as(
-        &mp(&key),
+        &mp(key),
         &json!({"events": [{"name": "x"}]}),
         None,
         SERVER_UA,
@@ -210,5 +204,5 @@ fn plausible_and_ga4_requests_land_in_the_rollups() {
             expect(&[("Direct / None", "1"), ("Google", "1")]),
         ),
     ];
-    await_rollups(&setup, &site, &key, &want);
+    await_rollups(setup, site, key, &want);
 }

@@ -180,6 +180,9 @@ pub struct Cell {
     /// Visitors over all of the cell's buckets from their merged HyperLogLog registers,
     /// when the cell spans several buckets (totals, or breakdowns that keep sketches).
     pub visitors_estimate: Option<f64>,
+    /// All of the site's visitors over the cell's buckets, from traffic's merged registers:
+    /// the conversion rate's denominator when the cell spans several buckets.
+    pub total_visitors_estimate: Option<f64>,
     /// Breakdown values folded into the cell (a filter without a breakdown can fold several).
     pub values: std::collections::BTreeSet<String>,
 }
@@ -194,8 +197,31 @@ pub fn evaluate(formula: &Formula, cell: &Cell) -> Result<Value, String> {
         );
     }
     if formula.distinct() && cell.buckets > 1 {
-        if let (Formula::Sum { .. }, Some(e)) = (formula, cell.visitors_estimate) {
-            return Ok(json!(e.round() as i64));
+        match (
+            formula,
+            cell.visitors_estimate,
+            cell.total_visitors_estimate,
+        ) {
+            (Formula::Sum { .. }, Some(e), _) => return Ok(json!(e.round() as i64)),
+            (
+                Formula::Ratio {
+                    denominator_total: true,
+                    scale,
+                    decimals,
+                    ..
+                },
+                Some(n),
+                Some(d),
+            ) => {
+                let p = 10f64.powi(*decimals);
+                let rate = if d > 0.0 {
+                    n.round() / d.round() * scale
+                } else {
+                    0.0
+                };
+                return Ok(json!((rate * p).round() / p));
+            }
+            _ => {}
         }
         return Err(
             "visitors over a range of several buckets is not a sum: ask with a time dimension, for one bucket, or for totals over whole hours or days"

@@ -111,8 +111,14 @@ async fn period(
     let mut rows = answer::group(request, &plan, &sums);
     let merged = sketch::family_to_merge(request, &plan, &rows);
     if let Some(family) = merged {
-        let sketches = sql::sketches(client, request, &plan, generation, family).await?;
+        let dimension = request.shape.breakdown.as_str();
+        let sketches =
+            sql::sketches(client, request, &plan, generation, (family, dimension)).await?;
         sketch::merge(&plan, &mut rows, sketches)?;
+    }
+    if sketch::totals_to_merge(request, &plan, &rows) {
+        let sketches = sql::sketches(client, request, &plan, generation, ("traffic", "")).await?;
+        sketch::merge_totals(&plan, &mut rows, sketches)?;
     }
     let results = answer::results(request, &rows).map_err(Error::Bad)?;
     Ok((results, plan.granularity, merged.is_some()))

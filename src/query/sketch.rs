@@ -31,9 +31,55 @@ pub fn family_to_merge(
         Formula::Sum {
             stored: (family, "visitors"),
             distinct: true,
+        }
+        | Formula::Ratio {
+            numerator: (family, "visitors"),
+            ..
         } => Some(*family),
         _ => None,
     })
+}
+
+/// Whether a rate over all of the site's visitors (conversion rate) needs traffic's merged
+/// registers as its denominator.
+pub fn totals_to_merge(r: &Request, plan: &Plan, rows: &BTreeMap<RowKey, Cell>) -> bool {
+    plan.granularity != Granularity::Minute
+        && rows.values().any(|c| c.buckets > 1)
+        && r.formulas.iter().any(|f| {
+            matches!(
+                f,
+                Formula::Ratio {
+                    denominator: ("traffic", "visitors"),
+                    denominator_total: true,
+                    ..
+                }
+            )
+        })
+}
+
+/// Sets each multi-bucket row's estimate of all of the site's visitors in its slot.
+pub fn merge_totals(
+    plan: &Plan,
+    rows: &mut BTreeMap<RowKey, Cell>,
+    sketches: Vec<(i64, String, Vec<u8>)>,
+) -> Result<(), Error> {
+    let mut registers: BTreeMap<Option<i64>, Registers> = BTreeMap::new();
+    for (bucket, _, sketch) in sketches {
+        registers
+            .entry(plan.slot_of(bucket))
+            .or_default()
+            .extend(decode(&sketch)?);
+    }
+    for ((slot, _), cell) in rows.iter_mut().filter(|(_, c)| c.buckets > 1) {
+        let regs = registers.get(slot).cloned().unwrap_or_default();
+        cell.total_visitors_estimate = Some(clickflow_dataflows::uniques::estimate(regs));
+    }
+    Ok(())
+}
+
+fn decode(sketch: &[u8]) -> Result<Registers, Error> {
+    clickflow_dataflows::uniques::decode(sketch)
+        .map_err(|e| Error::Internal(format!("a stored visitor sketch is unreadable: {e}")))
 }
 
 /// HyperLogLog registers as `(index, rank)`.

@@ -93,14 +93,15 @@ pub async fn sums(
     Ok(out)
 }
 
-/// The visitor sketches (`(bucket, breakdown value, registers)`) of `family` in the plan's
-/// buckets, filtered as the request says.
+/// The visitor sketches (`(bucket, breakdown value, registers)`) of `family` and
+/// `dimension` (the request's breakdown, or `""` for totals) in the plan's buckets, filtered
+/// as the request says.
 pub async fn sketches(
     client: &tokio_postgres::Client,
     r: &Request,
     plan: &Plan,
     generation: i32,
-    family: &str,
+    (family, dimension): (&str, &str),
 ) -> Result<Vec<(i64, String, Vec<u8>)>, Error> {
     let first = plan.buckets.first().copied().unwrap_or(r.from);
     let rows = client
@@ -109,7 +110,7 @@ pub async fn sketches(
               WHERE site_id = $1 AND generation = $2 AND granularity = $3 AND family = $4
                 AND dimension = $5 AND sketch IS NOT NULL
                 AND bucket >= to_timestamp($6::bigint / 1000.0) AND bucket < to_timestamp($7::bigint / 1000.0)",
-            &[&r.site_id, &generation, &plan.granularity.as_str(), &family, &r.shape.breakdown, &first, &r.to],
+            &[&r.site_id, &generation, &plan.granularity.as_str(), &family, &dimension, &first, &r.to],
         )
         .await
         .map_err(Error::unavailable)?;
@@ -117,7 +118,7 @@ pub async fn sketches(
         .into_iter()
         .map(|row| (row.get(0), row.get(1), row.get(2)))
         .filter(|(_, value, _): &(i64, String, Vec<u8>)| {
-            r.shape.breakdown.is_empty() || r.shape.filters.iter().all(|f| f.keeps(value))
+            dimension.is_empty() || r.shape.filters.iter().all(|f| f.keeps(value))
         })
         .collect())
 }

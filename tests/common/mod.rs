@@ -367,3 +367,33 @@ pub fn await_rollups(setup: &Setup, site: &str, key: &str, want: &[Want]) {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// A whole local Clickflow for one test: a fresh database, an embedded log, `serve` and a
+/// one-worker engine, and one site (UTC). Everything stops when it is dropped.
+pub struct Running {
+    pub setup: Setup,
+    pub site: String,
+    pub key: String,
+    _server: Proc,
+    _engine: Vec<Proc>,
+    pub scratch: tempfile::TempDir,
+}
+
+pub fn running_site(domain: &str) -> Running {
+    let db = fresh_database();
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let setup = Setup::embedded(&db, scratch.path().join("log"));
+    setup.run(&["migrate"]);
+    let (site, key) = setup.add_site(domain, "UTC");
+    let server = setup.spawn(&["serve"]);
+    setup.wait_healthy();
+    let engine = spawn_engine(&setup, 1, 1, scratch.path());
+    Running {
+        setup,
+        site,
+        key,
+        _server: server,
+        _engine: engine,
+        scratch,
+    }
+}
