@@ -85,16 +85,18 @@ fn build(url: &str, events: u64, now: i64) -> anyhow::Result<Vec<String>> {
         .query_one("SELECT generation FROM active_generation", &[])?
         .get(0);
     let settings = Settings::default();
-    let sink = PgSink::new(
-        url,
-        generation,
-        true,
-        settings.seal_lateness_ms,
-        Arc::new(AtomicBool::new(false)),
-    );
     let ids = sites.clone();
+    let url = url.to_owned();
     let started = Instant::now();
     timely::execute_directly(move |worker| {
+        // Made here: a Postgres connection may not be shared between threads.
+        let sink = PgSink::new(
+            &url,
+            generation,
+            true,
+            settings.seal_lateness_ms,
+            Arc::new(AtomicBool::new(false)),
+        );
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_collection::<Record, isize>();
             let rollup = pipeline::metrics(records, &settings);
@@ -109,6 +111,7 @@ fn build(url: &str, events: u64, now: i64) -> anyhow::Result<Vec<String>> {
         let start = now - 30 * DAY_MS;
         let step = (30 * DAY_MS) as f64 / events as f64;
         let progress = indicatif::ProgressBar::new(events);
+        let mut stepped = 0u64;
         for i in 0..events {
             let ts = start + (i as f64 * step) as i64;
             let site = site_of.draw(&mut rng);
@@ -148,15 +151,18 @@ fn build(url: &str, events: u64, now: i64) -> anyhow::Result<Vec<String>> {
                 },
                 country: COUNTRIES[(visitor % COUNTRIES.len() as u64) as usize].into(),
             });
-            // One-second epochs of ingest time, as live traffic has.
-            let t = (ts.max(0) as u64).div_ceil(1_000) * 1_000;
+            // Minute epochs of ingest time: the rows are the same whatever the epochs, and a
+            // sparse month in one-second epochs would be mostly per-epoch overhead.
+            let t = (ts.max(0) as u64).div_ceil(60_000) * 60_000;
             if t > *input.time() {
                 input.advance_to(t);
-                if i % 10_000 == 0 {
+                // Keep at most about 10 000 events in flight.
+                if i >= stepped + 10_000 {
                     input.flush();
                     while probe.less_than(input.time()) {
                         worker.step();
                     }
+                    stepped = i;
                     progress.set_position(i);
                 }
             }
@@ -166,15 +172,23 @@ fn build(url: &str, events: u64, now: i64) -> anyhow::Result<Vec<String>> {
         while worker.step() {}
         progress.finish_and_clear();
     });
-    let rows: i64 = client.query_one("SELECT count(*) FROM rollups", &[])?.get(0);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM rollups", &[])?
+        .get(0);
     let bytes: i64 = client
-        .query_one("SELECT pg_total_relation_size('rollups')", &[])
+        .query_one(
+            "SELECT (pg_total_relation_size('rollups') + coalesce(sum(pg_total_relation_size(inhrelid)), 0))::bigint
+               FROM pg_inherits WHERE inhparent = 'rollups'::regclass",
+            &[],
+        )
         .map(|r| r.get(0))
         .unwrap_or(0);
     println!(
-        "dataset: {events} events through every family in {:.0} s; {rows} rollup rows, {:.0} MiB",
+        "dataset: {events} events through every family in {:.0} s; {rows} rollup rows ({:.2} per event), {:.0} MiB ({:.0} B per event)",
         started.elapsed().as_secs_f64(),
-        bytes as f64 / 1048576.0
+        rows as f64 / events as f64,
+        bytes as f64 / 1048576.0,
+        bytes as f64 / events as f64
     );
     client.batch_execute("CREATE TABLE dashboard_bench_done (at timestamptz DEFAULT now())")?;
     Ok(sites)
@@ -202,15 +216,33 @@ fn first_load(site: &str, period: &str) -> Vec<(&'static str, Value)> {
         ("card pageviews", card("pageviews", json!([]))),
         ("card bounce_rate", card("bounce_rate", json!([]))),
         ("card visit_duration", card("visit_duration", json!([]))),
-        ("card revenue", card("total_revenue", json!(["goal", "currency"]))),
+        (
+            "card revenue",
+            card("total_revenue", json!(["goal", "currency"])),
+        ),
         ("graph", q(json!(["visitors"]), json!(["time:day"]))),
-        ("panel pages", panel(json!(["visitors", "pageviews"]), json!(["page"]))),
-        ("panel sources", panel(json!(["visitors", "visits"]), json!(["source"]))),
-        ("panel devices", panel(json!(["visitors", "visits"]), json!(["device"]))),
-        ("panel countries", panel(json!(["visitors", "visits"]), json!(["country"]))),
+        (
+            "panel pages",
+            panel(json!(["visitors", "pageviews"]), json!(["page"])),
+        ),
+        (
+            "panel sources",
+            panel(json!(["visitors", "visits"]), json!(["source"])),
+        ),
+        (
+            "panel devices",
+            panel(json!(["visitors", "visits"]), json!(["device"])),
+        ),
+        (
+            "panel countries",
+            panel(json!(["visitors", "visits"]), json!(["country"])),
+        ),
         (
             "panel goals",
-            panel(json!(["visitors", "conversions", "conversion_rate"]), json!(["goal"])),
+            panel(
+                json!(["visitors", "conversions", "conversion_rate"]),
+                json!(["goal"]),
+            ),
         ),
     ]
 }
@@ -227,7 +259,9 @@ fn main() -> anyhow::Result<()> {
     let events = args.first().copied().unwrap_or(5_000_000);
     let loads = args.get(1).copied().unwrap_or(30) as usize;
     let server = std::env::var("CLICKFLOW_TEST_PG").map_err(|_| {
-        anyhow::anyhow!("CLICKFLOW_TEST_PG is not set: bash scripts/test-env.sh start; source .testenv/env")
+        anyhow::anyhow!(
+            "CLICKFLOW_TEST_PG is not set: bash scripts/test-env.sh start; source .testenv/env"
+        )
     })?;
     let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
     let name = format!("clickflow_dashboard_{events}");
@@ -238,7 +272,10 @@ fn main() -> anyhow::Result<()> {
         .is_some();
     let done = exists
         && store::connect(&url)?
-            .query_opt("SELECT 1 FROM pg_tables WHERE tablename = 'dashboard_bench_done'", &[])?
+            .query_opt(
+                "SELECT 1 FROM pg_tables WHERE tablename = 'dashboard_bench_done'",
+                &[],
+            )?
             .is_some();
     if !done {
         if exists {
@@ -253,7 +290,7 @@ fn main() -> anyhow::Result<()> {
     let mut client = store::connect(&url)?;
     // The busiest site: the most pageviews over the 30 days.
     let row = client.query_one(
-        "SELECT r.site_id, s.api_key, sum((r.metrics ->> 'pageviews')::bigint) AS n
+        "SELECT r.site_id, s.api_key, sum((r.metrics ->> 'pageviews')::bigint)::bigint AS n
            FROM rollups r JOIN sites s ON s.id = r.site_id
           WHERE r.family = 'traffic' AND r.granularity = 'day' AND r.dimension = ''
           GROUP BY 1, 2 ORDER BY n DESC LIMIT 1",
