@@ -172,7 +172,7 @@ impl Collector {
                 let client = pool.get().await.map_err(|e| e.to_string())?;
                 let row = client
                     .query_opt(
-                        "SELECT id FROM sites WHERE lower(regexp_replace(rtrim(domain, '.'), '^www\\.', '')) = $1
+                        "SELECT id FROM sites WHERE regexp_replace(lower(rtrim(domain, '.')), '^www\\.', '') = $1
                          ORDER BY created_at, id LIMIT 1",
                         &[&owned],
                     )

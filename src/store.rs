@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS sites (
 );
 -- Plausible's API names sites by domain; the collector looks them up by this expression.
 CREATE INDEX IF NOT EXISTS sites_by_domain
-    ON sites (lower(regexp_replace(rtrim(domain, '.'), '^www\.', '')));
+    ON sites (regexp_replace(lower(rtrim(domain, '.')), '^www\.', ''));
 -- Read-only dashboard links: the token is the credential; revoking keeps the row.
 CREATE TABLE IF NOT EXISTS shares (
     token       text PRIMARY KEY,

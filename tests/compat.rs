@@ -51,6 +51,15 @@ fn plausible_and_ga4_requests_land_in_the_rollups() {
         SERVER_UA,
     );
     assert_eq!((status, body["bots"].as_u64()), (202, Some(1)), "{body}");
+    // Domains match whatever their case and www.: a site registered as "WWW.Blog.Test".
+    let (blog, _) = setup.add_site("WWW.Blog.Test", "UTC");
+    let (status, body) = post(
+        &event,
+        &json!({"name": "pageview", "url": "https://blog.test/", "domain": "blog.test"}),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_ne!(blog, *site);
     // Refusals, each with its field and reason.
     let (status, body) = post(
         &event,
