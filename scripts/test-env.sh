@@ -35,10 +35,12 @@ start() {
       -o "-p $PG_PORT -k $ENV_DIR/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null
   fi
   if ! (echo >/dev/tcp/127.0.0.1/"$KAFKA_PORT") 2>/dev/null; then
-    (cd "$ENV_DIR/tansu" && nohup tansu broker \
+    # exec: the pid written is the broker's own, so that `stop` kills the broker.
+    (cd "$ENV_DIR/tansu" && exec nohup tansu broker \
       --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --storage-engine "sqlite://tansu.db" >"$ENV_DIR/tansu/broker.log" 2>&1 & echo $! >"$ENV_DIR/tansu/pid")
+      --storage-engine "sqlite://tansu.db" >"$ENV_DIR/tansu/broker.log" 2>&1) &
+    echo $! >"$ENV_DIR/tansu/pid"
   fi
   wait_port "$PG_PORT"
   wait_port "$KAFKA_PORT"
@@ -56,7 +58,15 @@ stop() {
     as_pg "$bin/pg_ctl" -D "$ENV_DIR/pg" -m fast stop >/dev/null 2>&1 || true
   fi
   if [ -f "$ENV_DIR/tansu/pid" ]; then
-    kill "$(cat "$ENV_DIR/tansu/pid")" 2>/dev/null || true
+    local pid; pid=$(cat "$ENV_DIR/tansu/pid")
+    kill "$pid" 2>/dev/null || true
+    # Wait for the port to be free: a `start` that follows (another checkout's, say) would
+    # otherwise find this broker still listening, take it for its own, and lose it.
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    kill -9 "$pid" 2>/dev/null || true
     rm -f "$ENV_DIR/tansu/pid"
   fi
   echo "test-env: stopped"
