@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Value};
 use warp::http::StatusCode;
@@ -45,25 +44,9 @@ impl ApiError {
         ApiError(StatusCode::BAD_REQUEST, reason.into())
     }
     fn unavailable(e: impl std::error::Error) -> ApiError {
-        // Postgres errors say "db error" at the top and the reason in their source.
-        let mut reason = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            reason = format!("{reason}: {s}");
-            source = s.source();
-        }
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("database unavailable: {reason}"),
-        )
+        let reason = query::Error::unavailable(e).to_string();
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, reason)
     }
-}
-
-fn rfc3339(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
 }
 
 /// Share tokens start so, API keys with `cfk_`.
@@ -337,7 +320,7 @@ impl Api {
                     "visitor": r.get::<_, String>(0),
                     "status": r.get::<_, String>(1),
                     "recomputed_days": r.get::<_, Option<i32>>(2),
-                    "requested_at": rfc3339(r.get(3)),
+                    "requested_at": query::rfc3339(r.get(3)),
                 })
             })
             .collect();

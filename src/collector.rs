@@ -136,23 +136,25 @@ impl Collector {
         })
     }
 
-    async fn site(&self, id: &str) -> Result<Option<SiteInfo>, Refusal> {
+    /// A row looked up by `key` through `cache` (unknown keys are cached too, briefly, so a
+    /// flood of bad ids cannot hammer the database); a failed lookup is a 503.
+    async fn cached<T: Clone + Send + Sync + 'static>(
+        &self,
+        cache: &moka::future::Cache<String, Option<T>>,
+        key: &str,
+        sql: &'static str,
+        read: fn(&tokio_postgres::Row) -> T,
+    ) -> Result<Option<T>, Refusal> {
         let pool = self.pool.clone();
-        let id_owned = id.to_owned();
-        self.sites
-            .try_get_with(id.to_owned(), async move {
+        let owned = key.to_owned();
+        cache
+            .try_get_with(key.to_owned(), async move {
                 let client = pool.get().await.map_err(|e| e.to_string())?;
                 let row = client
-                    .query_opt(
-                        "SELECT time_zone, api_key FROM sites WHERE id = $1",
-                        &[&id_owned],
-                    )
+                    .query_opt(sql, &[&owned])
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok::<_, String>(row.map(|r| SiteInfo {
-                    time_zone: r.get(0),
-                    api_key: r.get(1),
-                }))
+                Ok::<_, String>(row.as_ref().map(read))
             })
             .await
             .map_err(|e| Refusal {
@@ -162,30 +164,21 @@ impl Collector {
             })
     }
 
+    async fn site(&self, id: &str) -> Result<Option<SiteInfo>, Refusal> {
+        let sql = "SELECT time_zone, api_key FROM sites WHERE id = $1";
+        self.cached(&self.sites, id, sql, |r| SiteInfo {
+            time_zone: r.get(0),
+            api_key: r.get(1),
+        })
+        .await
+    }
+
     /// The site registered for `domain` (as [`compat::normalize_domain`] has it), for
     /// Plausible's API, which names sites by domain. The oldest site wins if several share it.
     async fn site_of_domain(&self, domain: &str) -> Result<Option<String>, Refusal> {
-        let pool = self.pool.clone();
-        let owned = domain.to_owned();
-        self.domains
-            .try_get_with(domain.to_owned(), async move {
-                let client = pool.get().await.map_err(|e| e.to_string())?;
-                let row = client
-                    .query_opt(
-                        "SELECT id FROM sites WHERE regexp_replace(lower(rtrim(domain, '.')), '^www\\.', '') = $1
-                         ORDER BY created_at, id LIMIT 1",
-                        &[&owned],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>(row.map(|r| r.get(0)))
-            })
-            .await
-            .map_err(|e| Refusal {
-                status: 503,
-                field: None,
-                reason: format!("site lookup failed: {e}"),
-            })
+        let sql = "SELECT id FROM sites WHERE regexp_replace(lower(rtrim(domain, '.')), '^www\\.', '') = $1
+                    ORDER BY created_at, id LIMIT 1";
+        self.cached(&self.domains, domain, sql, |r| r.get(0)).await
     }
 
     /// Plausible's shape, one event per domain it names, in Clickflow's.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use clickflow_dataflows::metric::VALUE_SEPARATOR;
 use serde_json::{json, Value};
 
-use super::metrics::{evaluate, Cell};
+use super::metrics::{evaluate, Cell, Stored};
 use super::parse::Request;
 use super::plan::Plan;
 use super::sketch::RowKey;
@@ -30,14 +30,18 @@ pub fn group(r: &Request, plan: &Plan, sums: &Sums) -> BTreeMap<RowKey, Cell> {
             *cell.sums.entry(*s).or_default() += v;
         }
     }
+    // The dimension-less totals of each slot (all buckets' without a time dimension).
+    let mut totals: BTreeMap<Option<i64>, BTreeMap<Stored, i64>> = BTreeMap::new();
+    for (b, stored) in &sums.totals {
+        let slot = totals.entry(plan.slot_of(*b)).or_default();
+        for (s, v) in stored {
+            *slot.entry(*s).or_default() += v;
+        }
+    }
     for (key, cell) in rows.iter_mut() {
         cell.buckets = plan.buckets_in(key.0);
-        for (b, stored) in &sums.totals {
-            if key.0.is_none_or(|slot| plan.slot_of(*b) == Some(slot)) {
-                for (s, v) in stored {
-                    *cell.totals.entry(*s).or_default() += v;
-                }
-            }
+        if let Some(slot) = totals.get(&key.0) {
+            cell.totals.clone_from(slot);
         }
     }
     rows

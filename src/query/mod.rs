@@ -42,7 +42,8 @@ impl Error {
     }
 }
 
-fn rfc3339(ms: i64) -> String {
+/// An instant as the API writes it (UTC, milliseconds).
+pub fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .unwrap_or_default()
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")

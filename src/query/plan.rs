@@ -1,11 +1,12 @@
 //! Step 2: which stored buckets and sums answer a request, and how buckets fall into the
 //! result's time slots.
 
-use chrono_tz::Tz;
+use std::collections::BTreeMap;
+
 use clickflow_operators::time::{bucket_of, Granularity};
 
 use super::metrics::Stored;
-use super::parse::{Period, Request};
+use super::parse::Request;
 
 /// At most this many stored buckets per query.
 pub const MAX_BUCKETS: usize = 50_000;
@@ -18,26 +19,25 @@ pub struct Plan {
     pub buckets: Vec<i64>,
     /// The stored sums to read: `(stored metric, read from the dimension-less totals)`.
     pub wanted: Vec<(Stored, bool)>,
-    slot: Option<Period>,
-    tz: Tz,
+    /// The slot of each bucket, beside `buckets` (`None` without a time dimension): worked
+    /// out once, as rows and sketches ask for it per stored row.
+    slots: Vec<Option<i64>>,
+    /// How many buckets each slot covers.
+    sizes: BTreeMap<Option<i64>, usize>,
 }
 
 impl Plan {
-    /// The result time slot a bucket belongs to (`None` without a time dimension).
+    /// The result time slot a bucket of the plan belongs to.
     pub fn slot_of(&self, bucket: i64) -> Option<i64> {
-        self.slot.map(|p| p.slot_of(bucket, self.tz))
+        self.buckets
+            .binary_search(&bucket)
+            .ok()
+            .and_then(|i| self.slots[i])
     }
 
     /// How many stored buckets the result row of `slot` covers.
     pub fn buckets_in(&self, slot: Option<i64>) -> usize {
-        match slot {
-            None => self.buckets.len(),
-            Some(s) => self
-                .buckets
-                .iter()
-                .filter(|b| self.slot_of(**b) == Some(s))
-                .count(),
-        }
+        self.sizes.get(&slot).copied().unwrap_or(0)
     }
 }
 
@@ -78,19 +78,28 @@ pub fn plan(r: &Request) -> Result<Plan, String> {
     let mut wanted: Vec<(Stored, bool)> = r.formulas.iter().flat_map(|f| f.stored()).collect();
     wanted.sort();
     wanted.dedup();
+    let slots: Vec<Option<i64>> = buckets
+        .iter()
+        .map(|b| r.shape.time.map(|p| p.slot_of(*b, tz)))
+        .collect();
+    let mut sizes: BTreeMap<Option<i64>, usize> = BTreeMap::new();
+    for slot in &slots {
+        *sizes.entry(*slot).or_default() += 1;
+    }
     Ok(Plan {
         granularity,
         buckets,
         wanted,
-        slot: r.shape.time,
-        tz,
+        slots,
+        sizes,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse::{parse, Query};
+    use super::super::parse::{parse, Period, Query};
     use super::*;
+    use chrono_tz::Tz;
     use serde_json::json;
 
     fn plan_of(dims: &[&str], range: serde_json::Value, tz: Tz) -> Plan {

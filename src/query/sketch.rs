@@ -23,7 +23,7 @@ pub fn family_to_merge(
     plan: &Plan,
     rows: &BTreeMap<RowKey, Cell>,
 ) -> Option<&'static str> {
-    if plan.granularity == Granularity::Minute || !rows.values().any(|c| c.buckets > 1) {
+    if !merges(plan, rows) {
         return None;
     }
     family_of("visitors_hll", &r.shape.breakdown)?;
@@ -43,8 +43,7 @@ pub fn family_to_merge(
 /// Whether a rate over all of the site's visitors (conversion rate) needs traffic's merged
 /// registers as its denominator.
 pub fn totals_to_merge(r: &Request, plan: &Plan, rows: &BTreeMap<RowKey, Cell>) -> bool {
-    plan.granularity != Granularity::Minute
-        && rows.values().any(|c| c.buckets > 1)
+    merges(plan, rows)
         && r.formulas.iter().any(|f| {
             matches!(
                 f,
@@ -84,6 +83,11 @@ fn decode(sketch: &[u8]) -> Result<Registers, Error> {
 
 /// HyperLogLog registers as `(index, rank)`.
 type Registers = Vec<(u16, u8)>;
+
+/// Whether some row spans several buckets that keep sketches (minutes keep none).
+fn merges(plan: &Plan, rows: &BTreeMap<RowKey, Cell>) -> bool {
+    plan.granularity != Granularity::Minute && rows.values().any(|c| c.buckets > 1)
+}
 
 /// Sets each multi-bucket row's visitor estimate from the registers of its buckets.
 pub fn merge(
