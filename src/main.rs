@@ -131,7 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("site added\n  domain:      {}\n  time zone:   {}\n  tracking id: {}\n  api key:     {}", site.domain, site.time_zone, site.id, site.api_key);
             println!(
                 "  tracker:     {}\n               (in each page's <head>; the src is your collector's public address)",
-                script_tag(&site.id, &config.collector.listen)
+                script_tag(&site.id, &config.collector.listen, false)
             );
         }
         Command::Serve => {
@@ -308,9 +308,12 @@ fn replay(config: &Config, from: &str, workers: usize) -> anyhow::Result<()> {
 }
 
 /// The tag a merchant puts on their pages.
-fn script_tag(site: &str, collector: &str) -> String {
+/// The tag a merchant pastes. `up` serves only this machine, whose own test pages are on
+/// localhost, so its tag counts localhost pages too.
+fn script_tag(site: &str, collector: &str, local: bool) -> String {
+    let allow = if local { " data-allow-localhost" } else { "" };
     format!(
-        r#"<script defer data-site="{site}" src="http://{collector}/js/clickflow.js"></script>"#
+        r#"<script defer data-site="{site}"{allow} src="http://{collector}/js/clickflow.js"></script>"#
     )
 }
 
@@ -443,8 +446,8 @@ fn up(mut config: Config, demo: bool, workers: usize) -> anyhow::Result<()> {
         site.0, site.1
     );
     println!(
-        "  tracker:    {}\n              (pages served from localhost also need data-allow-localhost)",
-        script_tag(&site.0, &listen)
+        "  tracker:    {}\n              (paste it into a page served over http, e.g. by `python3 -m http.server`;\n              file: pages are not counted)",
+        script_tag(&site.0, &listen, true)
     );
     println!("  health:     http://{listen}/healthz    metrics: http://{listen}/metrics");
     println!("  database:   {}", store::redact(&url));

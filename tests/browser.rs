@@ -320,7 +320,11 @@ fn what_the_browser_did_is_what_the_rollups_say() {
 
 /// Runs `script` (which returns a value) in the page until it returns true.
 async fn until(b: &Client, script: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    until_within(b, script, what, Duration::from_secs(20)).await
+}
+
+async fn until_within(b: &Client, script: &str, what: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if b.execute(script, vec![]).await.ok() == Some(Value::Bool(true)) {
             return;
@@ -661,4 +665,92 @@ fn the_dashboard_shows_the_apis_numbers_and_filters_by_a_click() {
     assert_eq!(revoked.status(), 200);
     let (status, body) = post(&setup.url("/api/v1/query"), &pageviews, Some(&token));
     assert_eq!(status, 401, "{body}");
+}
+
+/// The README's promise to a new user, step by step: `clickflow up --demo`, the printed
+/// dashboard URL opened in a browser, the demo site's numbers moving there without a reload,
+/// the printed script tag pasted as it is into a page of their own, and their visit showing up
+/// on the dashboard by itself.
+#[test]
+fn a_new_user_sees_the_demo_move_then_their_own_visit() {
+    let up = LocalUp::start();
+    let driver = chromedriver();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let page = format!(
+        "<!doctype html><html><head><title>My page</title>\n{}\n</head><body>Hello</body></html>",
+        up.tag
+    );
+    let own = runtime
+        .block_on(serve(
+            warp::path!("hello.html").map(move || warp::reply::html(page.clone())),
+        ))
+        .port();
+    let pageviews = "+document.querySelector('#kpi-pageviews .value').dataset.value";
+    let minute = Duration::from_secs(60);
+
+    runtime.block_on(async {
+        let owner = browser(&driver, BROWSER_UA, &scratch.path().join("owner")).await;
+        owner.set_window_size(1280, 1200).await.unwrap();
+        owner.goto(&up.dashboard).await.unwrap();
+        until(&owner, SETTLED, "the demo site's numbers").await;
+        let url = owner.current_url().await.unwrap();
+        assert!(
+            !url.as_str().contains("key="),
+            "the API key left the address bar: {url}"
+        );
+        until_within(
+            &owner,
+            &format!("return {pageviews} > 0"),
+            "demo pageviews",
+            minute,
+        )
+        .await;
+        let first = owner
+            .execute(&format!("return {pageviews}"), vec![])
+            .await
+            .unwrap();
+        let first = first.as_f64().expect("a pageview count");
+        until_within(
+            &owner,
+            &format!("return {pageviews} > {first}"),
+            "the pageviews moving without a reload",
+            minute,
+        )
+        .await;
+        until_within(
+            &owner,
+            "return +document.getElementById('current-visitors').dataset.value > 0",
+            "current visitors",
+            minute,
+        )
+        .await;
+
+        // Someone opens the new user's page.
+        let visitor = browser(&driver, DESKTOP_MAC, &scratch.path().join("visitor")).await;
+        visitor
+            .goto(&format!("http://127.0.0.1:{own}/hello.html"))
+            .await
+            .unwrap();
+        loaded(&visitor).await;
+        visitor.close().await.unwrap();
+
+        let row = "document.querySelector(\"#panel-pages tr.row[data-name='/hello.html']\")";
+        until_within(
+            &owner,
+            &format!("return !!{row}"),
+            "the new page in the Pages panel",
+            minute,
+        )
+        .await;
+        let cells = owner
+            .execute(
+                &format!("return [...{row}.querySelectorAll('td[data-value]')].map(td => +td.dataset.value)"),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(cells, json!([1, 1]), "one visitor, one pageview");
+        owner.close().await.unwrap();
+    });
 }

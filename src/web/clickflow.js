@@ -18,11 +18,16 @@
   var fileRe = files != null && new RegExp("\\.(" + (files || "pdf|xlsx?|docx?|txt|rtf|csv|exe|key|pp[st]x?|7z|pkg|rar|gz|zip|avi|mov|mp4|mpe?g|wmv|midi?|mp3|wav|wma|dmg|iso|msi").replace(/,/g, "|") + ")$", "i");
   var last;
 
-  function ignored() {
+  // Says why an event is not sent, on the console, so a site owner testing the tag sees it.
+  function ignored(name) {
+    var why;
     try {
-      if (w.localStorage.clickflow_ignore == "true") return 1;
+      if (w.localStorage.clickflow_ignore == "true") why = "localStorage.clickflow_ignore is set";
     } catch (e) {}
-    return at("data-allow-localhost") == null && (/^(localhost|127(\.\d+){3}|\[::1\])$/.test(l.hostname) || l.protocol == "file:");
+    if (l.protocol == "file:") why = "a file: page (serve it over http)";
+    else if (at("data-allow-localhost") == null && /^(localhost|127(\.\d+){3}|\[::1\])$/.test(l.hostname)) why = "localhost (add data-allow-localhost)";
+    if (why && w.console) console.warn("clickflow: not sending " + name + ": " + why);
+    return why;
   }
 
   // 128 random bits: the collector drops a retried event whose id it has seen.
@@ -39,7 +44,7 @@
   // clickflow(name, {props: {...}, revenue: {amount: "12.50", currency: "EUR"}, callback})
   function send(name, o) {
     o = o || {};
-    if (!ignored()) {
+    if (!ignored(name)) {
       var e = { site: site, name: name, url: here(), referrer: d.referrer, event_id: id() };
       if (o.props) e.props = o.props;
       if (o.revenue) e.revenue = o.revenue;

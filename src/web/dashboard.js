@@ -12,6 +12,9 @@
   var state = { period: "7d", from: "", to: "", granularity: "day", filters: [] };
   var tabs = {};
   var generation = 0;
+  // The answer each widget shows: a quiet update redraws only what changed, so an open
+  // dashboard neither flickers nor loses what the reader is looking at.
+  var shown = {};
 
   // ---- formatting ----
   var int = function (v) { return Math.round(v).toLocaleString("en-US"); };
@@ -90,16 +93,18 @@
     var best = Object.keys(by).sort(function (a, b) { return by[b] - by[a]; })[0];
     return best ? { value: Math.round(by[best] * 100) / 100, currency: best } : { value: 0, currency: "" };
   }
-  function kpis(run) {
-    $("kpis").innerHTML = KPIS.map(function (k) {
-      return '<div class="kpi" id="kpi-' + k.id + '"><div class="label">' + k.label +
-        '</div><div class="value">…</div><div class="change muted">&nbsp;</div></div>';
-    }).join("");
+  function kpis(run, quiet) {
+    if (!quiet) {
+      $("kpis").innerHTML = KPIS.map(function (k) {
+        return '<div class="kpi" id="kpi-' + k.id + '"><div class="label">' + k.label +
+          '</div><div class="value">…</div><div class="change muted">&nbsp;</div></div>';
+      }).join("");
+    }
     KPIS.forEach(function (k) {
       var card = $("kpi-" + k.id);
       api({ metrics: [k.metric], date_range: range(), dimensions: k.dims || [], filters: filters(), compare: "previous_period" })
         .then(function (a) {
-          if (run != generation) return;
+          if (unchanged(run, quiet, "kpi-" + k.id, a)) return;
           var now, before, currency = "";
           if (k.dims) {
             var cur = revenueOf(a.results), prev = revenueOf(a.comparison.results.filter(function (r) { return r.dimensions[1] == cur.currency; }));
@@ -125,7 +130,7 @@
           }
         })
         .catch(function (e) {
-          if (run != generation) return;
+          if (run != generation || quiet) return;
           var value = card.querySelector(".value");
           value.textContent = "—";
           card.title = e.message;
@@ -135,12 +140,12 @@
   }
 
   // ---- the main graph ----
-  function graph(run) {
+  function graph(run, quiet) {
     var metric = state.filters.length ? "visits" : "visitors";
     $("graph-title").textContent = metric == "visits" ? "Visits" : "Visitors";
     api({ metrics: [metric], date_range: range(), dimensions: ["time:" + state.granularity], filters: filters() })
       .then(function (a) {
-        if (run != generation) return;
+        if (unchanged(run, quiet, "graph", a)) return;
         var values = a.results.map(function (r) { return r.metrics[0]; });
         var labels = a.results.map(function (r) { return short(r.dimensions[0], a.meta.time_zone); });
         var svg = $("graph");
@@ -161,7 +166,7 @@
         $("graph-note").textContent = "peak " + int(Math.max.apply(null, values.concat([0])));
       })
       .catch(function (e) {
-        if (run != generation) return;
+        if (run != generation || quiet) return;
         $("graph").innerHTML = "";
         $("graph-note").textContent = e.message;
       });
@@ -215,17 +220,17 @@
       panel(p, box, run);
     });
   }
-  function panel(p, box, run) {
+  function panel(p, box, run, quiet) {
     var t = p.tabs[tabs[p.id] || 0];
     var metrics = t.metrics || ["visitors", "visits"];
     var heads = t.heads || ["Visitors", "Visits"];
     box.querySelectorAll(".tabs button").forEach(function (b) { b.classList.toggle("on", +b.dataset.tab == (tabs[p.id] || 0)); });
     var table = box.querySelector(".table");
     table.dataset.dimensions = t.dims.join(",");
-    table.innerHTML = '<p class="empty">Loading…</p>';
+    if (!quiet) table.innerHTML = '<p class="empty">Loading…</p>';
     api({ metrics: metrics, date_range: range(), dimensions: t.dims, filters: filters(), limit: 10 })
       .then(function (a) {
-        if (run != generation) return;
+        if (unchanged(run, quiet, "panel-" + p.id + "-" + (tabs[p.id] || 0), a)) return;
         if (!a.results.length) { table.innerHTML = '<p class="empty">No data in this period</p>'; return; }
         table.innerHTML = "<table><tr><th>" + esc(t.label) + "</th>" +
           heads.map(function (h) { return "<th>" + h + "</th>"; }).join("") + "</tr>" +
@@ -239,7 +244,7 @@
         });
       })
       .catch(function (e) {
-        if (run != generation) return;
+        if (run != generation || quiet) return;
         table.innerHTML = '<p class="empty">' + esc(state.filters.length ? "Not kept for this filter: " + e.message : e.message) + "</p>";
       });
   }
@@ -288,7 +293,29 @@
     };
   }
 
+  // True when an answer should not be drawn: a newer view superseded it, or a quiet update
+  // brought what is already on screen.
+  function unchanged(run, quiet, widget, answer) {
+    if (run != generation) return true;
+    var text = JSON.stringify([answer.results, answer.comparison]);
+    if (quiet && shown[widget] == text) return true;
+    shown[widget] = text;
+    return false;
+  }
+
+  // A range that reaches today keeps moving: redraw what changed every 15 seconds.
+  function follow() {
+    // The site's day may still be yesterday in UTC: a custom range ending then is open too.
+    var yesterday = new Date(Date.now() - 864e5).toISOString().slice(0, 10);
+    var open = state.period == "custom" ? state.to >= yesterday : state.period != "yesterday" && state.period != "last_month";
+    if (!open || document.hidden) return;
+    kpis(generation, true);
+    graph(generation, true);
+    PANELS.forEach(function (p) { panel(p, $("panel-" + p.id), generation, true); });
+  }
+
   function refresh() {
+    shown = {};
     generation++;
     writeUrl();
     controls();
@@ -343,6 +370,7 @@
     sharing();
     live();
     setInterval(live, 10000);
+    setInterval(follow, 15000);
   }
 
   // ---- entry ----

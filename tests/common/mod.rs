@@ -397,3 +397,105 @@ pub fn running_site(domain: &str) -> Running {
         scratch,
     }
 }
+
+/// The README's first command, `clickflow up --demo`, as a new user runs it: its own Postgres
+/// in a scratch directory, the embedded log, demo traffic. What it printed is kept, and the
+/// process and its Postgres stop when this is dropped.
+pub struct LocalUp {
+    child: Child,
+    pg_dir: PathBuf,
+    pub listen: String,
+    pub site: String,
+    pub key: String,
+    /// The printed dashboard URL, key included.
+    pub dashboard: String,
+    /// The printed script tag.
+    pub tag: String,
+    _scratch: tempfile::TempDir,
+}
+
+impl LocalUp {
+    pub fn start() -> LocalUp {
+        use std::io::{BufRead, BufReader};
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let pg_dir = scratch.path().join("pg");
+        let quoted = |p: &Path| format!("{:?}", p.display().to_string());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_clickflow"))
+            .args(["up", "--demo", "-w", "1"])
+            .env_remove("DATABASE_URL")
+            .env("CLICKFLOW__DATABASE__LOCAL_DIR", quoted(&pg_dir))
+            .env("CLICKFLOW__DATABASE__LOCAL_PORT", free_port().to_string())
+            .env("CLICKFLOW__LOG__DIR", quoted(&scratch.path().join("log")))
+            .env("CLICKFLOW__COLLECTOR__LISTEN", format!("{listen:?}"))
+            .env("CLICKFLOW__ENGINE__EPOCH_MS", "200")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn clickflow up");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut up = LocalUp {
+            child,
+            pg_dir,
+            listen,
+            site: String::new(),
+            key: String::new(),
+            dashboard: String::new(),
+            tag: String::new(),
+            _scratch: scratch,
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        let after = |line: &str, label: &str| {
+            line.trim_start()
+                .strip_prefix(label)
+                .map(|r| r.trim().to_string())
+        };
+        for line in lines.by_ref() {
+            let line = line.expect("read stdout of clickflow up");
+            if let Some(rest) = line.split("(site ").nth(1) {
+                up.site = rest.trim_end_matches(')').to_string();
+            }
+            if let (true, Some(rest)) = (
+                up.key.is_empty(),
+                line.split("(Authorization: Bearer ").nth(1),
+            ) {
+                up.key = rest.trim_end_matches(')').to_string();
+            }
+            if let Some(url) = after(&line, "dashboard:") {
+                up.dashboard = url;
+            }
+            if let Some(tag) = after(&line, "tracker:") {
+                up.tag = tag;
+            }
+            if line.starts_with("Demo traffic is flowing") {
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        for (what, value) in [
+            ("site", &up.site),
+            ("API key", &up.key),
+            ("dashboard URL", &up.dashboard),
+            ("script tag", &up.tag),
+        ] {
+            assert!(!value.is_empty(), "clickflow up printed no {what}");
+        }
+        up
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for LocalUp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        clickflow::local::stop_postgres(&self.pg_dir);
+    }
+}
