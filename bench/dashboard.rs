@@ -77,7 +77,7 @@ const DEVICES: &[(&str, &str, &str)] = &[
 /// Streams the dataset through the pipeline into Postgres; returns the site ids.
 fn build(url: &str, events: u64, now: i64) -> anyhow::Result<Vec<String>> {
     let mut client = store::connect(url)?;
-    store::migrate(&mut client)?;
+    store::migrate(&mut client, &Default::default())?;
     let sites: Vec<String> = (0..SITES)
         .map(|i| store::add_site(&mut client, &format!("shop{i}.test"), "UTC").map(|s| s.id))
         .collect::<anyhow::Result<_>>()?;
@@ -304,6 +304,7 @@ fn main() -> anyhow::Result<()> {
         pool: clickflow::api::pool(&url, 16)?,
         log: None,
         admin: None,
+        minute_retention_secs: 0,
     });
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;

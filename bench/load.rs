@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     let db = clickflow::local::start_postgres(&scratch.path().join("pg"), free_port())?;
     let mut client = clickflow::store::connect(&db)?;
-    clickflow::store::migrate(&mut client)?;
+    clickflow::store::migrate(&mut client, &Default::default())?;
     let site = clickflow::store::add_site(&mut client, "load.test", "UTC")?;
     let listen = format!("127.0.0.1:{}", free_port());
     let bin = env!("CARGO_BIN_EXE_clickflow");

@@ -13,6 +13,12 @@
 //! bench's stand-in table (part of VmRSS, not of the engine). Flat RSS and latency
 //! from day 3 on is the target.
 //!
+//! `SOAK_DATABASE=postgres://…/db` writes the rows through the engine's Postgres sink into a
+//! real `rollups` table there instead (migrated first; TimescaleDB where the server has it
+//! preloaded) and ends with the table's bytes per event; on TimescaleDB, again after
+//! compressing every chunk but the timeless realtime one. The figures then include the
+//! sink's Postgres round trips, so events/s is lower than without it.
+//!
 //! `SOAK_SNAPSHOT=1` ends the process right after the last day's report without freeing
 //! anything: under `heaptrack` (with the bench built on the system allocator, see
 //! `bench/RESULTS.md`), the "leaked" report is then a snapshot of everything the engine holds,
@@ -24,7 +30,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
+
+use clickflow::sink::PgSink;
+use clickflow::store;
 
 use clickflow_operators::time::parse_tz;
 
@@ -112,6 +123,20 @@ fn main() {
     println!("  day  events/s  epoch p50 ms  p99 ms  VmRSS MiB  VmHWM MiB  open events  open visitor-days  RSS B/open event  rows/event  sketch B/event  bench table MiB");
     let table = TableSize::default();
     let stored = table.clone();
+    let database = std::env::var("SOAK_DATABASE").ok();
+    let generation = match &database {
+        Some(url) => {
+            let mut client = store::connect(url).expect("SOAK_DATABASE: connect");
+            let layout = store::migrate(&mut client, &Default::default()).expect("migrate");
+            println!("  into {} ({})", store::redact(url), layout.describe());
+            client
+                .query_one("SELECT generation FROM active_generation", &[])
+                .expect("generation")
+                .get(0)
+        }
+        None => 0,
+    };
+    let into = database.clone();
     timely::execute_directly(move |worker| {
         let settings = Settings::default();
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
@@ -122,7 +147,19 @@ fn main() {
                 only.as_deref()
                     .is_none_or(|o| o.split(',').any(|n| n == f.name))
             });
-            let probe = probe_and_sink(rollup, table);
+            let probe = match &into {
+                Some(url) => probe_and_sink(
+                    rollup,
+                    PgSink::new(
+                        url,
+                        generation,
+                        true,
+                        settings.seal_lateness_ms,
+                        Arc::new(AtomicBool::new(false)),
+                    ),
+                ),
+                None => probe_and_sink(rollup, table),
+            };
             (input, probe)
         });
         let mut rng = StdRng::seed_from_u64(1);
@@ -198,4 +235,54 @@ fn main() {
             std::process::exit(0);
         }
     });
+    if let Some(url) = database {
+        stored_bytes(&url, days * per_day).expect("measuring the rollups table");
+    }
+}
+
+/// The rollups table's bytes per event; on TimescaleDB also after compressing its chunks.
+fn stored_bytes(url: &str, events: u64) -> anyhow::Result<()> {
+    let mut client = store::connect(url)?;
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM rollups", &[])?
+        .get(0);
+    let layout = store::layout(&mut client)?;
+    let size = |client: &mut postgres::Client| -> anyhow::Result<i64> {
+        let sql = match layout {
+            store::Layout::Hypertable => "SELECT hypertable_size('rollups')",
+            store::Layout::NativePartitions => {
+                "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)::bigint
+                   FROM pg_inherits WHERE inhparent = 'rollups'::regclass"
+            }
+        };
+        Ok(client.query_one(sql, &[])?.get(0))
+    };
+    let per_event = |bytes: i64| bytes as f64 / events as f64;
+    client.batch_execute("VACUUM ANALYZE rollups")?;
+    let written = size(&mut client)?;
+    println!(
+        "  rollups: {rows} rows ({:.3} per event), {:.1} MiB, {:.0} B per event",
+        rows as f64 / events as f64,
+        written as f64 / 1_048_576.0,
+        per_event(written)
+    );
+    if layout == store::Layout::Hypertable {
+        let began = Instant::now();
+        let chunks: i64 = client
+            .query_one(
+                "SELECT count(compress_chunk(c, if_not_compressed => true))
+                   FROM show_chunks('rollups', older_than => '3000-01-01'::timestamptz) c",
+                &[],
+            )?
+            .get(0);
+        let compressed = size(&mut client)?;
+        println!(
+            "  compressed {chunks} chunks in {:.1} s: {:.1} MiB, {:.0} B per event ({:.1}× smaller)",
+            began.elapsed().as_secs_f64(),
+            compressed as f64 / 1_048_576.0,
+            per_event(compressed),
+            written as f64 / compressed.max(1) as f64
+        );
+    }
+    Ok(())
 }

@@ -13,15 +13,24 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # With --tests: headless Chromium and its WebDriver, for the tracker and dashboard tests
 # (tests/browser.rs). Running Clickflow does not need them.
-if [ "${1:-}" = "--tests" ]; then
+# and TimescaleDB built from its source release, so that the suite runs on both stores.
+# Running Clickflow needs none of them.
+TESTS=""; [ "${1:-}" = "--tests" ] && TESTS=1
+PG_EXT=/usr/share/postgresql/15/extension
+if [ -n "$TESTS" ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+  if [ ! -f "$PG_EXT/timescaledb.control" ]; then
+    [ -f /usr/include/postgresql/15/server/postgres.h ] || need_apt+=(postgresql-server-dev-15)
+    command -v make >/dev/null 2>&1 || need_apt+=(make)
+    command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+  fi
 fi
 
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]}"
-  SUDO=""
-  [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
@@ -44,6 +53,37 @@ if [ ! -s "$GEO_DIR/geo-whois-asn-country.mmdb" ]; then
   else
     echo "install-deps: npm not found; skipping the optional geo database" >&2
   fi
+fi
+
+# TimescaleDB has no Debian 12 package: the tests build it from the source release the
+# machines carry (../shared/timescaledb/, TimescaleDB 2.28.3, the newest for PostgreSQL 15)
+# and install it into the machine's PostgreSQL 15, once. Elsewhere install it the usual way
+# (Timescale's packages); `clickflow migrate` finds it either way.
+timescale_source() {
+  local root; root="$(cd "$(dirname "$0")/.." && pwd)"
+  for dir in "${TIMESCALEDB_SOURCE:-}" "$root/../shared/timescaledb" /work/shared/timescaledb; do
+    [ -n "$dir" ] && [ -f "$dir/timescaledb-2.28.3.tar.gz" ] && { echo "$dir/timescaledb-2.28.3.tar.gz"; return; }
+  done
+}
+if [ -n "$TESTS" ] && [ ! -f "$PG_EXT/timescaledb.control" ]; then
+  tarball="$(timescale_source)"
+  if [ -z "$tarball" ]; then
+    echo "install-deps: TimescaleDB source (timescaledb-2.28.3.tar.gz) not found in \$TIMESCALEDB_SOURCE or ../shared/timescaledb" >&2
+    exit 1
+  fi
+  echo "install-deps: building TimescaleDB 2.28.3 from $tarball (about 2-3 minutes)"
+  build="$(mktemp -d)"
+  tar xzf "$tarball" -C "$build"
+  if ! (cd "$build/timescaledb-2.28.3" \
+    && ./bootstrap -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DUSE_OPENSSL=OFF -DWARNINGS_AS_ERRORS=OFF \
+         -DPG_CONFIG=/usr/lib/postgresql/15/bin/pg_config \
+    && make -C build -j"$(nproc)" \
+    && $SUDO make -C build install) >"$build/build.log" 2>&1; then
+    tail -n 40 "$build/build.log" >&2
+    echo "install-deps: the TimescaleDB build failed (log above)" >&2
+    exit 1
+  fi
+  rm -rf "$build"
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Starts or stops the servers the test suite runs against: a throwaway PostgreSQL and a
-# Kafka-protocol broker (tansu, sqlite storage). `start` writes .testenv/env with the
-# variables the tests read. Idempotent: `start` on a running environment reuses it.
+# Starts or stops the servers the test suite runs against: two throwaway PostgreSQL servers
+# (plain, and one with TimescaleDB preloaded when it is installed) and a Kafka-protocol broker
+# (tansu, sqlite storage). `start` writes .testenv/env with the variables the tests read.
+# Idempotent: `start` on a running environment reuses it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 ENV_DIR="$ROOT/.testenv"
 PG_PORT=${CLICKFLOW_TEST_PG_PORT:-55432}
+TS_PORT=${CLICKFLOW_TEST_TIMESCALE_PORT:-55433}
 KAFKA_PORT=${CLICKFLOW_TEST_KAFKA_PORT:-19092}
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -22,17 +24,30 @@ wait_port() {
   return 1
 }
 
+# A server in $1 on port $2, with extra server options $3.
+start_pg() {
+  local dir=$1 port=$2 extra=$3 bin; bin=$(pg_bin)
+  mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$dir"
+  if [ ! -f "$dir/PG_VERSION" ]; then
+    as_pg "$bin/initdb" -D "$dir" -U postgres -A trust --no-sync >/dev/null
+  fi
+  if ! as_pg "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+    as_pg "$bin/pg_ctl" -D "$dir" -w -l "$dir/server.log" \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 $extra" start >/dev/null
+  fi
+}
+
 start() {
-  mkdir -p "$ENV_DIR/pg" "$ENV_DIR/tansu"
+  mkdir -p "$ENV_DIR/tansu"
   local bin; bin=$(pg_bin)
   [ -n "$bin" ] || { echo "test-env: PostgreSQL not installed (run scripts/install-deps.sh)" >&2; exit 1; }
-  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$ENV_DIR/pg"
-  if [ ! -f "$ENV_DIR/pg/PG_VERSION" ]; then
-    as_pg "$bin/initdb" -D "$ENV_DIR/pg" -U postgres -A trust --no-sync >/dev/null
-  fi
-  if ! as_pg "$bin/pg_ctl" -D "$ENV_DIR/pg" status >/dev/null 2>&1; then
-    as_pg "$bin/pg_ctl" -D "$ENV_DIR/pg" -w -l "$ENV_DIR/pg/server.log" \
-      -o "-p $PG_PORT -k $ENV_DIR/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null
+  start_pg "$ENV_DIR/pg" "$PG_PORT" ""
+  local timescale=""
+  if [ -f "$bin/../lib/timescaledb.so" ]; then
+    start_pg "$ENV_DIR/pg-timescale" "$TS_PORT" \
+      "-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
+    timescale="postgres://postgres@127.0.0.1:$TS_PORT/postgres"
   fi
   if ! (echo >/dev/tcp/127.0.0.1/"$KAFKA_PORT") 2>/dev/null; then
     # exec: the pid written is the broker's own, so that `stop` kills the broker.
@@ -46,17 +61,20 @@ start() {
   wait_port "$KAFKA_PORT"
   cat >"$ENV_DIR/env" <<ENV
 export CLICKFLOW_TEST_PG="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+export CLICKFLOW_TEST_TIMESCALE="$timescale"
 export CLICKFLOW_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 export CLICKFLOW_TEST_TANSU="$(command -v tansu)"
 ENV
-  echo "test-env: postgres on $PG_PORT, tansu on $KAFKA_PORT"
+  echo "test-env: postgres on $PG_PORT, ${timescale:+timescaledb on $TS_PORT, }tansu on $KAFKA_PORT"
 }
 
 stop() {
   local bin; bin=$(pg_bin)
-  if [ -f "$ENV_DIR/pg/PG_VERSION" ] && [ -n "$bin" ]; then
-    as_pg "$bin/pg_ctl" -D "$ENV_DIR/pg" -m fast stop >/dev/null 2>&1 || true
-  fi
+  for dir in "$ENV_DIR/pg" "$ENV_DIR/pg-timescale"; do
+    if [ -f "$dir/PG_VERSION" ] && [ -n "$bin" ]; then
+      as_pg "$bin/pg_ctl" -D "$dir" -m fast stop >/dev/null 2>&1 || true
+    fi
+  done
   if [ -f "$ENV_DIR/tansu/pid" ]; then
     local pid; pid=$(cat "$ENV_DIR/tansu/pid")
     kill "$pid" 2>/dev/null || true

@@ -19,6 +19,9 @@ pub struct Api {
     pub log: Option<Arc<dyn Log>>,
     /// Present when `api.admin_token` is set: enables `/api/v1/admin/*`.
     pub admin: Option<Admin>,
+    /// `database.minute_retention_secs`: older minute buckets are gone, and queries for them
+    /// are refused.
+    pub minute_retention_secs: u64,
 }
 
 /// What the admin endpoints need beyond the pool: the token, the log to append erase
@@ -185,7 +188,7 @@ impl Api {
         let tz_name = self.authorize(auth.as_deref(), &q.site_id).await?;
         let client = self.pool.get().await.map_err(ApiError::unavailable)?;
         let now = clickflow_operators::source::wall_clock_ms();
-        query::run(&client, &q, &tz_name, now)
+        query::run(&client, &q, &tz_name, now, self.minute_retention_secs)
             .await
             .map_err(|e| match e {
                 query::Error::Bad(reason) => ApiError::bad(reason),

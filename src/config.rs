@@ -52,6 +52,24 @@ pub struct DatabaseConfig {
     pub local_dir: PathBuf,
     pub local_port: u16,
     pub pool_size: usize,
+    /// Where rollups live: a TimescaleDB hypertable or plain monthly partitions.
+    pub store: StoreChoice,
+    /// TimescaleDB: a chunk is compressed once its time range ended this long ago. Longer than
+    /// the lateness the engine seals with, so compressed rows are final.
+    pub compress_after_secs: u64,
+    /// Minute rows older than this are dropped (0 keeps them); hour and day rows stay.
+    pub minute_retention_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreChoice {
+    /// TimescaleDB when the server has it ready (installed and preloaded), else partitions.
+    Auto,
+    /// TimescaleDB or an error that says what the server lacks.
+    Timescale,
+    /// Plain Postgres range partitions, even where TimescaleDB is available.
+    Postgres,
 }
 
 impl Default for DatabaseConfig {
@@ -61,6 +79,9 @@ impl Default for DatabaseConfig {
             local_dir: PathBuf::from(".clickflow/pg"),
             local_port: 5439,
             pool_size: 8,
+            store: StoreChoice::Auto,
+            compress_after_secs: 3 * 86_400,
+            minute_retention_secs: 30 * 86_400,
         }
     }
 }

@@ -72,6 +72,13 @@ fn reachable_by_postgres(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(moved)
 }
 
+/// Whether the PostgreSQL whose binaries `up` uses has the TimescaleDB library installed.
+fn timescale_installed() -> anyhow::Result<bool> {
+    let postgres = pg_bin("postgres")?;
+    let version_dir = postgres.parent().and_then(Path::parent);
+    Ok(version_dir.is_some_and(|d| d.join("lib/timescaledb.so").exists()))
+}
+
 /// Starts (initialising if needed) a Postgres in `dir` on `port` and returns its URL.
 pub fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)?;
@@ -93,7 +100,13 @@ pub fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<String> {
     }
     let running = run_pg("pg_ctl", &["-D", &d, "status"])?.status.success();
     if !running {
-        let opts = format!("-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off");
+        let mut opts = format!("-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off");
+        // An installed TimescaleDB works only when preloaded; it must not call home either.
+        if timescale_installed()? {
+            opts.push_str(
+                " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off",
+            );
+        }
         let log = format!("{d}/server.log");
         let out = run_pg(
             "pg_ctl",

@@ -43,8 +43,11 @@ enum Command {
         #[command(subcommand)]
         action: SiteAction,
     },
-    /// Run the collector and the query API.
+    /// Run the collector and the query API (which also drops minute rows past
+    /// database.minute_retention_secs, hourly).
     Serve,
+    /// Drop minute rows older than database.minute_retention_secs now, and say how many.
+    Retention,
     /// Run the dataflow job (timely flags: -w threads, -n processes, -p index, -h hostfile).
     #[command(disable_help_flag = true)]
     Engine {
@@ -119,20 +122,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref(), &cli.set)?;
     match cli.command {
         Command::Migrate => {
-            let layout = store::migrate(&mut store::connect(&database_url(&config)?)?)?;
-            println!("schema ready (rollups: {layout:?})");
+            let layout = store::migrate(
+                &mut store::connect(&database_url(&config)?)?,
+                &config.database,
+            )?;
+            println!("schema ready (rollups: {})", layout.describe());
         }
         Command::Site {
             action: SiteAction::Add { domain, time_zone },
         } => {
             let mut client = store::connect(&database_url(&config)?)?;
-            store::migrate(&mut client)?;
+            store::migrate(&mut client, &config.database)?;
             let site = store::add_site(&mut client, &domain, &time_zone)?;
             println!("site added\n  domain:      {}\n  time zone:   {}\n  tracking id: {}\n  api key:     {}", site.domain, site.time_zone, site.id, site.api_key);
             println!(
                 "  tracker:     {}\n               (in each page's <head>; the src is your collector's public address)",
                 script_tag(&site.id, &config.collector.listen, false)
             );
+        }
+        Command::Retention => {
+            let secs = config.database.minute_retention_secs;
+            let mut client = store::connect(&database_url(&config)?)?;
+            let dropped = store::drop_old_minute_rows(&mut client, secs)?;
+            println!("dropped {dropped} minute rows older than {secs} s (hour and day rows stay)");
         }
         Command::Serve => {
             database_url(&config)?;
@@ -337,10 +349,17 @@ async fn serve(
         config: config.clone(),
         log: log.clone(),
     });
+    if config.database.minute_retention_secs > 0 {
+        tokio::spawn(minute_retention(
+            pool.clone(),
+            config.database.minute_retention_secs,
+        ));
+    }
     let api = Arc::new(Api {
         pool,
         log: Some(log),
         admin,
+        minute_retention_secs: config.database.minute_retention_secs,
     });
     // Bound before anyone is told the server is up, and a taken port is an error, not a panic.
     let listener = bind(&config.collector.listen, "collector.listen").await?;
@@ -375,6 +394,34 @@ async fn serve(
     Ok(())
 }
 
+/// Hourly, drops the minute rows the retention setting no longer keeps; the first time ten
+/// minutes after start, so that a crash loop does not turn into a delete loop.
+async fn minute_retention(pool: deadpool_postgres::Pool, secs: u64) {
+    let mut hourly = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(600),
+        Duration::from_secs(3600),
+    );
+    loop {
+        hourly.tick().await;
+        let run = async {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            let dropped = tx
+                .execute(store::DROP_OLD_MINUTE_ROWS, &[&(secs as f64)])
+                .await?;
+            tx.commit().await?;
+            anyhow::Ok(dropped)
+        };
+        match run.await {
+            Ok(0) => {}
+            Ok(dropped) => tracing::info!(dropped, "minute rows past retention dropped"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "minute retention failed; next try in an hour")
+            }
+        }
+    }
+}
+
 async fn bind(address: &str, setting: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let address: std::net::SocketAddr = address.parse().with_context(|| {
         format!("{setting} = {address:?} is not an address like 127.0.0.1:8080")
@@ -392,7 +439,7 @@ fn up(mut config: Config, demo: bool, workers: usize) -> anyhow::Result<()> {
     }
     let url = config.database.url.clone();
     let mut client = store::connect(&url)?;
-    store::migrate(&mut client)?;
+    store::migrate(&mut client, &config.database)?;
     let site = match client.query_opt(
         "SELECT id, api_key FROM sites WHERE domain = 'demo.local'",
         &[],

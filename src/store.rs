@@ -8,10 +8,12 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use postgres::{Client, GenericClient, NoTls};
 use rand::Rng;
+
+use crate::config::{DatabaseConfig, StoreChoice};
 
 pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS sites (
@@ -160,6 +162,15 @@ pub enum Layout {
     NativePartitions,
 }
 
+impl Layout {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Layout::Hypertable => "TimescaleDB hypertable, compressed once sealed",
+            Layout::NativePartitions => "plain Postgres, partitioned by month",
+        }
+    }
+}
+
 pub fn connect(url: &str) -> anyhow::Result<Client> {
     Client::connect(url, NoTls)
         .with_context(|| format!("connecting to Postgres at {}", redact(url)))
@@ -176,24 +187,71 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Creates the schema (idempotent) and the first generation.
-pub fn migrate(client: &mut Client) -> anyhow::Result<Layout> {
+/// What a server offers of TimescaleDB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timescale {
+    Missing,
+    /// Installed, but the server was started without `shared_preload_libraries=timescaledb`:
+    /// `CREATE EXTENSION` would fail.
+    NotPreloaded,
+    Ready,
+}
+
+pub const NOT_PRELOADED: &str = "TimescaleDB is installed on this PostgreSQL server but not preloaded: \
+    add timescaledb to shared_preload_libraries (ALTER SYSTEM SET shared_preload_libraries = 'timescaledb', \
+    or postgresql.conf) and restart the server";
+
+pub fn timescale(client: &mut impl GenericClient) -> anyhow::Result<Timescale> {
+    let row = client.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
+                EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),
+                current_setting('shared_preload_libraries') ~ '(^|[ ,])timescaledb($|[ ,])'",
+        &[],
+    )?;
+    let (available, created, preloaded): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    Ok(match (available, created || preloaded) {
+        (false, _) => Timescale::Missing,
+        (true, false) => Timescale::NotPreloaded,
+        (true, true) => Timescale::Ready,
+    })
+}
+
+/// The layout a new rollups table gets on this server under `choice`.
+fn wanted_layout(client: &mut Client, choice: StoreChoice) -> anyhow::Result<Layout> {
+    let offered = timescale(client)?;
+    Ok(match (choice, offered) {
+        (StoreChoice::Postgres, _) | (StoreChoice::Auto, Timescale::Missing) => {
+            Layout::NativePartitions
+        }
+        (StoreChoice::Auto, Timescale::NotPreloaded) => {
+            tracing::warn!("{NOT_PRELOADED}; using plain partitions (database.store = \"auto\")");
+            Layout::NativePartitions
+        }
+        (_, Timescale::Ready) => Layout::Hypertable,
+        (StoreChoice::Timescale, Timescale::NotPreloaded) => {
+            bail!("database.store = \"timescale\": {NOT_PRELOADED}")
+        }
+        (StoreChoice::Timescale, Timescale::Missing) => bail!(
+            "database.store = \"timescale\", but this PostgreSQL server has no TimescaleDB \
+             extension: install it (Timescale's packages for your distribution) or set \
+             database.store = \"auto\""
+        ),
+    })
+}
+
+/// Creates the schema (idempotent) and the first generation, and on TimescaleDB keeps the
+/// compression settings and policy in line with `db`.
+pub fn migrate(client: &mut Client, db: &DatabaseConfig) -> anyhow::Result<Layout> {
     // Re-running is normal; "already exists, skipping" notices are not news.
     client.batch_execute("SET client_min_messages = warning")?;
     client.batch_execute(SCHEMA).context("creating tables")?;
-    let has_timescale: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
-            &[],
-        )?
-        .get(0);
     let exists: bool = client
         .query_one("SELECT to_regclass('rollups') IS NOT NULL", &[])?
         .get(0);
-    let wanted = if has_timescale {
-        Layout::Hypertable
+    let wanted = if exists {
+        layout(client)?
     } else {
-        Layout::NativePartitions
+        wanted_layout(client, db.store)?
     };
     let narrow: bool = client
         .query_one(
@@ -269,7 +327,67 @@ pub fn migrate(client: &mut Client) -> anyhow::Result<Layout> {
         "INSERT INTO generations (id, status) VALUES (1, 'live') ON CONFLICT DO NOTHING;
          INSERT INTO active_generation (generation) VALUES (1) ON CONFLICT DO NOTHING;",
     )?;
-    layout(client)
+    let layout = layout(client)?;
+    if layout == Layout::Hypertable {
+        compression(client, db.compress_after_secs)?;
+    }
+    Ok(layout)
+}
+
+/// Chunks whose buckets have all sealed never change again (the engine drops changes at a
+/// row's seal): they are compressed, segmented by site and granularity (a site's query, and
+/// the minute retention, touch whole segments) and ordered by bucket within a segment.
+fn compression(client: &mut Client, after_secs: u64) -> anyhow::Result<()> {
+    let enabled: bool = client
+        .query_one(
+            "SELECT compression_enabled FROM timescaledb_information.hypertables
+              WHERE hypertable_name = 'rollups' AND hypertable_schema = current_schema()",
+            &[],
+        )?
+        .get(0);
+    if !enabled {
+        client
+            .batch_execute(
+                "ALTER TABLE rollups SET (timescaledb.compress,
+                     timescaledb.compress_segmentby = 'site_id, granularity',
+                     timescaledb.compress_orderby = 'bucket, family, dimension, dimension_value, generation')",
+            )
+            .context("enabling compression on rollups")?;
+    }
+    client.execute(
+        "SELECT remove_compression_policy('rollups', if_exists => true)",
+        &[],
+    )?;
+    if after_secs > 0 {
+        client
+            .execute(
+                "SELECT add_compression_policy('rollups',
+                     compress_after => justify_interval(make_interval(secs => $1)))",
+                &[&(after_secs as f64)],
+            )
+            .context("adding the compression policy")?;
+    }
+    Ok(())
+}
+
+/// Deletes minute rows whose bucket began more than `$1` seconds ago (hour and day rows stay).
+/// Realtime rows are not touched: they carry their own window. Runs under a transaction-level
+/// advisory lock, so that of several API processes one does the work and the others skip.
+pub const DROP_OLD_MINUTE_ROWS: &str = "
+    WITH lock AS (SELECT pg_try_advisory_xact_lock(7263951) AS mine)
+    DELETE FROM rollups USING lock
+     WHERE lock.mine AND granularity = 'minute' AND family <> 'realtime'
+       AND bucket < now() - make_interval(secs => $1)";
+
+/// Runs [`DROP_OLD_MINUTE_ROWS`] now; returns the rows dropped (0 keeps everything).
+pub fn drop_old_minute_rows(client: &mut Client, older_than_secs: u64) -> anyhow::Result<u64> {
+    if older_than_secs == 0 {
+        return Ok(0);
+    }
+    let mut tx = client.transaction()?;
+    let dropped = tx.execute(DROP_OLD_MINUTE_ROWS, &[&(older_than_secs as f64)])?;
+    tx.commit()?;
+    Ok(dropped)
 }
 
 /// How the existing rollups table is laid out.

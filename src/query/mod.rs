@@ -56,11 +56,17 @@ pub async fn run(
     q: &Query,
     tz_name: &str,
     now: i64,
+    minute_retention_secs: u64,
 ) -> Result<Value, Error> {
     let tz: Tz = tz_name.parse().unwrap_or(Tz::UTC);
     let request = parse::parse(q, tz, now).map_err(Error::Bad)?;
+    let kept = Kept {
+        minutes_from: (minute_retention_secs > 0)
+            .then(|| now - minute_retention_secs as i64 * 1000),
+        minute_retention_secs,
+    };
     let generation = sql::generation(client).await?;
-    let (results, granularity, estimated) = period(client, &request, generation).await?;
+    let (results, granularity, estimated) = period(client, &request, generation, &kept).await?;
     let comparison = match q.compare {
         Some(_) => {
             let (from, to) = parse::previous_period(request.from, request.to, tz);
@@ -69,7 +75,7 @@ pub async fn run(
                 to,
                 ..request.clone()
             };
-            let (results, _, _) = period(client, &before, generation).await?;
+            let (results, _, _) = period(client, &before, generation, &kept).await?;
             json!({"date_range": [rfc3339(from), rfc3339(to)], "results": results})
         }
         None => Value::Null,
@@ -100,14 +106,49 @@ pub async fn run(
     Ok(answer)
 }
 
+/// What the store still holds: minute rows are dropped after `database.minute_retention_secs`.
+struct Kept {
+    minutes_from: Option<i64>,
+    minute_retention_secs: u64,
+}
+
+impl Kept {
+    /// A plan that reads minute buckets the retention has dropped would answer zeros: refused.
+    fn check(&self, plan: &plan::Plan) -> Result<(), String> {
+        let dropped = self
+            .minutes_from
+            .zip(plan.buckets.first())
+            .is_some_and(|(from, first)| *first < from);
+        if plan.granularity == clickflow_operators::time::Granularity::Minute && dropped {
+            return Err(format!(
+                "minute buckets are kept for {} (database.minute_retention_secs = {}) and this date_range starts before that: use time:hour or an hour-aligned date_range",
+                span(self.minute_retention_secs),
+                self.minute_retention_secs
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `secs` as people say it: "30 days", "6 hours", "90 s".
+fn span(secs: u64) -> String {
+    match secs {
+        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s % 3_600 == 0 => format!("{} hours", s / 3_600),
+        s => format!("{s} s"),
+    }
+}
+
 /// Steps 2–5 for one period: the results, the granularity read, and whether visitors were
 /// estimated from sketches.
 async fn period(
     client: &tokio_postgres::Client,
     request: &Request,
     generation: i32,
+    kept: &Kept,
 ) -> Result<(Vec<Value>, clickflow_operators::time::Granularity, bool), Error> {
     let plan = plan::plan(request).map_err(Error::Bad)?;
+    kept.check(&plan).map_err(Error::Bad)?;
     let sums = sql::sums(client, request, &plan, generation).await?;
     let mut rows = answer::group(request, &plan, &sums);
     let merged = sketch::family_to_merge(request, &plan, &rows);

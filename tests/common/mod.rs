@@ -21,14 +21,18 @@ pub fn unique(prefix: &str) -> String {
 
 /// A fresh database on the test server; returns its URL.
 pub fn fresh_database() -> String {
-    let server = env("CLICKFLOW_TEST_PG");
+    fresh_database_on(&env("CLICKFLOW_TEST_PG"))
+}
+
+/// A new, empty database on the server at `server` (a URL ending in a database name).
+pub fn fresh_database_on(server: &str) -> String {
     let name = unique("cf");
     let mut client =
-        postgres::Client::connect(&server, postgres::NoTls).expect("connect to test postgres");
+        postgres::Client::connect(server, postgres::NoTls).expect("connect to test postgres");
     client
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create database");
-    let base = server.rsplit_once('/').map(|(b, _)| b).unwrap_or(&server);
+    let base = server.rsplit_once('/').map(|(b, _)| b).unwrap_or(server);
     format!("{base}/{name}")
 }
 
