@@ -384,9 +384,17 @@ pub struct Running {
 }
 
 pub fn running_site(domain: &str) -> Running {
+    running_site_with(domain, &[])
+}
+
+/// As [`running_site`], with extra configuration (`CLICKFLOW__…` variables).
+pub fn running_site_with(domain: &str, vars: &[(&str, &str)]) -> Running {
     let db = fresh_database();
     let scratch = tempfile::tempdir().expect("scratch dir");
-    let setup = Setup::embedded(&db, scratch.path().join("log"));
+    let mut setup = Setup::embedded(&db, scratch.path().join("log"));
+    for (k, v) in vars {
+        setup = setup.with(k, v);
+    }
     setup.run(&["migrate"]);
     let (site, key) = setup.add_site(domain, "UTC");
     let server = setup.spawn(&["serve"]);
