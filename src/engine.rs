@@ -182,6 +182,11 @@ impl PartitionReader for RecordReader {
         }
         let take = max.min(self.waiting.len());
         out.extend(self.waiting.drain(..take));
+        for (partition, offset) in self.positions() {
+            crate::metrics::SOURCE_OFFSET
+                .with_label_values(&[&partition.to_string()])
+                .set(offset as i64);
+        }
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! transaction) → [`api`] (merchant queries).
 
 pub mod api;
+pub mod cluster;
 pub mod collector;
 pub mod compat;
 pub mod config;

@@ -65,6 +65,27 @@ enum Command {
         #[arg(long, action = clap::ArgAction::Help)]
         help: Option<bool>,
     },
+    /// Run this host's processes of an engine job and keep them running: when one exits,
+    /// restart them all (with backoff). Serves /healthz with lag and rehydration progress.
+    #[command(disable_help_flag = true)]
+    Cluster {
+        #[arg(short = 'w', long = "workers", default_value_t = 1)]
+        workers: usize,
+        /// Processes of the job, all on this host (without -h).
+        #[arg(short = 'n', long = "processes", default_value_t = 1)]
+        processes: usize,
+        /// Hostfile of the whole job (one host:port per process) for a job across hosts.
+        #[arg(short = 'h', long = "hostfile")]
+        hostfile: Option<PathBuf>,
+        /// With -h: the processes to run here (default: the lines with this host's addresses).
+        #[arg(short = 'p', long = "process", value_delimiter = ',')]
+        process: Vec<usize>,
+        /// Where /healthz is served.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: std::net::SocketAddr,
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+    },
     /// Recompute every bucket from a timestamp into a new generation, then switch readers.
     Replay {
         /// RFC 3339 timestamp or Unix milliseconds.
@@ -151,6 +172,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(serve(config, None, None))?;
         }
+        Command::Cluster {
+            workers,
+            processes,
+            hostfile,
+            process,
+            listen,
+            ..
+        } => {
+            database_url(&config)?;
+            clickflow::cluster::run(
+                &config,
+                clickflow::cluster::ClusterArgs {
+                    workers,
+                    processes,
+                    hostfile,
+                    here: process,
+                    listen,
+                    config_flags: clickflow::cluster::config_flags(cli.config.as_deref(), &cli.set),
+                },
+            )?;
+        }
         Command::Engine {
             workers,
             processes,
@@ -170,6 +212,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &config,
             )?;
             tracing::info!(?plan.start, ?plan.hold_until, generation = plan.generation, "engine starting");
+            for (p, from) in &plan.start {
+                let label = [p.to_string()];
+                clickflow::metrics::REHYDRATE_FROM
+                    .with_label_values(&label)
+                    .set(*from as i64);
+                let until = plan.hold_until.get(p).copied().unwrap_or(*from);
+                clickflow::metrics::REHYDRATE_UNTIL
+                    .with_label_values(&label)
+                    .set(until as i64);
+            }
             match engine::run(&config, timely, plan, log, Arc::new(SinkStatus::default()))? {
                 Outcome::Retired => {
                     eprintln!("engine: a replay switched readers to a newer generation; restart the engine to follow it");

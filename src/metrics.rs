@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
@@ -61,6 +61,38 @@ pub static DECODE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     ))
 });
 
+pub static SOURCE_OFFSET: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(IntGaugeVec::new(
+        Opts::new(
+            "clickflow_engine_source_offset",
+            "Next log offset this process's source reads, by partition it owns",
+        ),
+        &["partition"],
+    ))
+});
+
+/// Where a (re)started engine began reading each partition, and the committed offset up to
+/// which it only rebuilds state (rehydrates) before writing again.
+pub static REHYDRATE_FROM: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(IntGaugeVec::new(
+        Opts::new(
+            "clickflow_engine_rehydrate_from_offset",
+            "Offset the engine started reading each partition at",
+        ),
+        &["partition"],
+    ))
+});
+
+pub static REHYDRATE_UNTIL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(IntGaugeVec::new(
+        Opts::new(
+            "clickflow_engine_rehydrate_until_offset",
+            "Committed offset of each partition at start: rehydration ends there",
+        ),
+        &["partition"],
+    ))
+});
+
 /// The text exposition of every registered metric.
 pub fn render() -> String {
     // Touch the statics so they appear even before their first increment.
@@ -70,6 +102,9 @@ pub fn render() -> String {
     LazyLock::force(&SINK_ROWS);
     LazyLock::force(&SINK_FRONTIER);
     LazyLock::force(&DECODE_ERRORS);
+    LazyLock::force(&SOURCE_OFFSET);
+    LazyLock::force(&REHYDRATE_FROM);
+    LazyLock::force(&REHYDRATE_UNTIL);
     TextEncoder::new()
         .encode_to_string(&REGISTRY.gather())
         .unwrap_or_default()
