@@ -145,6 +145,11 @@ impl Collector {
         sql: &'static str,
         read: fn(&tokio_postgres::Row) -> T,
     ) -> Result<Option<T>, Refusal> {
+        // Postgres text cannot hold NUL, so no site is named with one: not found, without
+        // asking (asking is a database error).
+        if key.contains('\0') {
+            return Ok(None);
+        }
         let pool = self.pool.clone();
         let owned = key.to_owned();
         cache
@@ -628,9 +633,19 @@ fn optional_str(
             field,
             format!("{field} is longer than {max} characters"),
         )),
+        Some(Value::String(s)) if s.contains('\0') => Err(no_nul(field)),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(Refusal::bad(field, format!("{field} must be a string"))),
     }
+}
+
+/// Text that would reach Postgres, where text cannot hold NUL: refused at the door rather
+/// than failing the sink's transaction later.
+fn no_nul(field: &'static str) -> Refusal {
+    Refusal::bad(
+        field,
+        format!("{field} must not contain NUL characters (\\u0000)"),
+    )
 }
 
 /// As [`optional_str`], but an empty or blank string means absent.
@@ -672,6 +687,9 @@ fn props(v: Option<&Value>) -> Result<Vec<(String, String)>, Refusal> {
                 ))
             }
         };
+        if k.contains('\0') || v.contains('\0') {
+            return Err(no_nul("props"));
+        }
         if k.is_empty() || k.len() > 100 || v.len() > 1000 {
             return Err(Refusal::bad(
                 "props",
