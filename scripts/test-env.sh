@@ -61,6 +61,7 @@ start() {
   wait_port "$KAFKA_PORT"
   cat >"$ENV_DIR/env" <<ENV
 export CLICKFLOW_TEST_PG="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+export CLICKFLOW_TEST_PLAIN="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 export CLICKFLOW_TEST_TIMESCALE="$timescale"
 export CLICKFLOW_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 export CLICKFLOW_TEST_TANSU="$(command -v tansu)"

@@ -254,7 +254,8 @@ fn bytes(store: &Store) -> i64 {
 #[test]
 fn both_stores_answer_alike_through_compression_and_retention() {
     let timescale_url = timescale_server();
-    let plain = Store::start("plain", &env("CLICKFLOW_TEST_PG"), "postgres");
+    // CLICKFLOW_TEST_PG is the Timescale server when the suite runs again on it.
+    let plain = Store::start("plain", &env("CLICKFLOW_TEST_PLAIN"), "postgres");
     let timescale = Store::start("timescale", &timescale_url, "timescale");
     let layout = |s: &Store| -> i64 {
         s.sql()
@@ -392,7 +393,7 @@ fn migrate_names_the_store_and_why() {
 
     // The plain test server has the extension installed (the same PostgreSQL) but not
     // preloaded: "auto" falls back and says why, "timescale" refuses and says what to do.
-    let plain = env("CLICKFLOW_TEST_PG");
+    let plain = env("CLICKFLOW_TEST_PLAIN");
     let out = on(&plain, "auto").run(&["migrate"]);
     let text = said(&out);
     assert!(text.contains("plain Postgres"), "{text}");
