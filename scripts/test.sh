@@ -11,9 +11,11 @@ trap 'bash scripts/test-env.sh stop' EXIT
 # shellcheck disable=SC1091
 source .testenv/env
 cargo build --release --bins
-# Plain Postgres first (monthly partitions), then every test of the clickflow crate again on
-# TimescaleDB (a hypertable with compression): the end-to-end suite runs on both stores.
+# Plain Postgres first (monthly partitions), then the suite again on TimescaleDB (a hypertable
+# with compression): the end-to-end tests run on both stores.
 CLICKFLOW__DATABASE__STORE=postgres cargo test --release --workspace -- --test-threads=2 "$@"
-echo "test.sh: the clickflow tests again, on TimescaleDB ($CLICKFLOW_TEST_TIMESCALE)"
+echo "test.sh: the suite again, on TimescaleDB ($CLICKFLOW_TEST_TIMESCALE)"
+# The same cargo flags as the first pass, so nothing is compiled again (the dataflow crates'
+# tests, which touch no database, run again in under a minute).
 CLICKFLOW_TEST_PG="$CLICKFLOW_TEST_TIMESCALE" CLICKFLOW__DATABASE__STORE=timescale \
-  cargo test --release -p clickflow --tests -- --test-threads=2 "$@"
+  cargo test --release --workspace -- --test-threads=2 "$@"

@@ -202,14 +202,15 @@ pub const NOT_PRELOADED: &str = "TimescaleDB is installed on this PostgreSQL ser
     or postgresql.conf) and restart the server";
 
 pub fn timescale(client: &mut impl GenericClient) -> anyhow::Result<Timescale> {
+    // Only the preload counts: an extension created earlier does not work on a server since
+    // restarted without it.
     let row = client.query_one(
         "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
-                EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),
                 current_setting('shared_preload_libraries') ~ '(^|[ ,])timescaledb($|[ ,])'",
         &[],
     )?;
-    let (available, created, preloaded): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
-    Ok(match (available, created || preloaded) {
+    let (available, preloaded): (bool, bool) = (row.get(0), row.get(1));
+    Ok(match (available, preloaded) {
         (false, _) => Timescale::Missing,
         (true, false) => Timescale::NotPreloaded,
         (true, true) => Timescale::Ready,
