@@ -155,6 +155,7 @@ impl PartitionReader for RecordReader {
     type Item = Record;
 
     fn poll(&mut self, max: usize, out: &mut Vec<LogRecord<Record>>) -> Result<(), String> {
+        let mut read = false;
         while self.waiting.len() < max {
             let messages = self
                 .inner
@@ -163,6 +164,7 @@ impl PartitionReader for RecordReader {
             if messages.is_empty() {
                 break;
             }
+            read = true;
             for m in messages {
                 match Record::decode_all(&m.value) {
                     Ok(records) => self
@@ -182,6 +184,11 @@ impl PartitionReader for RecordReader {
         }
         let take = max.min(self.waiting.len());
         out.extend(self.waiting.drain(..take));
+        // Positions move only when messages were read: an idle poll (the common case once
+        // caught up) leaves the gauges as they are.
+        if !read && take == 0 {
+            return Ok(());
+        }
         for (partition, offset) in self.positions() {
             crate::metrics::SOURCE_OFFSET
                 .with_label_values(&[&partition.to_string()])

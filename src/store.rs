@@ -249,10 +249,11 @@ pub fn migrate(client: &mut Client, db: &DatabaseConfig) -> anyhow::Result<Layou
     let exists: bool = client
         .query_one("SELECT to_regclass('rollups') IS NOT NULL", &[])?
         .get(0);
-    let wanted = if exists {
-        layout(client)?
+    // Only a new table has a layout to choose; an existing one keeps its own.
+    let new_layout = if exists {
+        None
     } else {
-        wanted_layout(client, db.store)?
+        Some(wanted_layout(client, db.store)?)
     };
     let narrow: bool = client
         .query_one(
@@ -263,8 +264,8 @@ pub fn migrate(client: &mut Client, db: &DatabaseConfig) -> anyhow::Result<Layou
         .get(0);
     let mut tx = client.transaction()?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS migrations (name text PRIMARY KEY)")?;
-    if !exists {
-        create_rollups(&mut tx, wanted)?;
+    if let Some(layout) = new_layout {
+        create_rollups(&mut tx, layout)?;
     } else if narrow {
         // Sealed history is never rewritten by the engine, so rows of the older one-row-per-
         // metric layout are converted in place, once, in this transaction.
@@ -354,6 +355,21 @@ fn compression(client: &mut Client, after_secs: u64) -> anyhow::Result<()> {
                      timescaledb.compress_orderby = 'bucket, family, dimension, dimension_value, generation')",
             )
             .context("enabling compression on rollups")?;
+    }
+    // Every `migrate` (and so every `up` and `site add`) passes here: a policy that already
+    // says the same stays as it is rather than being replaced by a new job.
+    let current: Vec<bool> = client
+        .query(
+            "SELECT (config->>'compress_after')::interval = justify_interval(make_interval(secs => $1))
+               FROM timescaledb_information.jobs
+              WHERE proc_name = 'policy_compression' AND hypertable_name = 'rollups'",
+            &[&(after_secs as f64)],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if (after_secs > 0 && current == [true]) || (after_secs == 0 && current.is_empty()) {
+        return Ok(());
     }
     client.execute(
         "SELECT remove_compression_policy('rollups', if_exists => true)",

@@ -11,22 +11,48 @@ use common::*;
 use serde_json::{json, Value};
 
 fn pageviews(setup: &Setup, site: &str, key: &str, n: usize, from: usize) {
-    let events: Vec<Value> = (from..from + n)
-        .map(|i| {
-            json!({"site": site, "name": "pageview", "url": format!("https://cluster.test/p{}", i % 7),
-                   "visitor_id": format!("v{}", i % 50), "event_id": format!("e{i}")})
-        })
-        .collect();
-    for chunk in events.chunks(250) {
-        let (status, body) = post(&setup.url("/api/batch"), &json!({ "events": chunk }), None);
-        assert_eq!(status, 202, "{body}");
-    }
+    post_pageviews(setup, site, "cluster.test", from..from + n, (7, 50), 250);
     await_rollups(
         setup,
         site,
         key,
         &[("pageviews", &[], expect(&[("", &(from + n).to_string())]))],
     );
+}
+
+/// A collector on an embedded log and `clickflow cluster` with `args`, serving `/healthz` on
+/// `listen`.
+struct Supervised {
+    setup: Setup,
+    listen: String,
+    cluster: Proc,
+    _server: Proc,
+    _scratch: tempfile::TempDir,
+}
+
+fn supervised(args: &[&str]) -> Supervised {
+    let scratch = tempfile::tempdir().unwrap();
+    let setup = Setup::embedded(&fresh_database(), scratch.path().join("log"));
+    setup.run(&["migrate"]);
+    let server = setup.spawn(&["serve"]);
+    setup.wait_healthy();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut command = vec!["cluster", "--listen", &listen];
+    command.extend_from_slice(args);
+    let cluster = Proc(setup.command(&command).spawn().expect("clickflow cluster"));
+    Supervised {
+        setup,
+        listen,
+        cluster,
+        _server: server,
+        _scratch: scratch,
+    }
+}
+
+/// The supervisor's `/healthz`: status code and body.
+fn health(listen: &str) -> Option<(u16, Value)> {
+    let r = reqwest::blocking::get(format!("http://{listen}/healthz")).ok()?;
+    Some((r.status().as_u16(), r.json().ok()?))
 }
 
 fn pids(health: &Value) -> Vec<u64> {
@@ -38,24 +64,17 @@ fn pids(health: &Value) -> Vec<u64> {
 
 #[test]
 fn the_supervisor_restarts_the_job_and_nothing_is_lost() {
-    let running_db = fresh_database();
-    let scratch = tempfile::tempdir().unwrap();
-    let setup = Setup::embedded(&running_db, scratch.path().join("log"));
-    setup.run(&["migrate"]);
+    // Every field bound: those left out of a pattern would be dropped here, collector and
+    // scratch directory with them.
+    let Supervised {
+        setup,
+        listen,
+        mut cluster,
+        _server,
+        _scratch,
+    } = supervised(&["-n", "2", "-w", "1"]);
     let (site, key) = setup.add_site("cluster.test", "UTC");
-    let _server = setup.spawn(&["serve"]);
-    setup.wait_healthy();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut cluster = Proc(
-        setup
-            .command(&["cluster", "-n", "2", "-w", "1", "--listen", &listen])
-            .spawn()
-            .expect("clickflow cluster"),
-    );
-    let health = || -> Option<(u16, Value)> {
-        let r = reqwest::blocking::get(format!("http://{listen}/healthz")).ok()?;
-        Some((r.status().as_u16(), r.json().ok()?))
-    };
+    let health = || health(&listen);
     let first = eventually(Duration::from_secs(30), || {
         health().filter(|(code, h)| *code == 200 && pids(h).len() == 2)
     })
@@ -141,28 +160,12 @@ fn the_supervisor_restarts_the_job_and_nothing_is_lost() {
 
 #[test]
 fn a_killed_supervisor_takes_its_engines_with_it() {
-    let db = fresh_database();
-    let scratch = tempfile::tempdir().unwrap();
-    let setup = Setup::embedded(&db, scratch.path().join("log"));
-    setup.run(&["migrate"]);
-    let _server = setup.spawn(&["serve"]);
-    setup.wait_healthy();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut cluster = Proc(
-        setup
-            .command(&["cluster", "-n", "2", "--listen", &listen])
-            .spawn()
-            .unwrap(),
-    );
+    let mut job = supervised(&["-n", "2"]);
     let engines = eventually(Duration::from_secs(30), || {
-        let h: Value = reqwest::blocking::get(format!("http://{listen}/healthz"))
-            .ok()?
-            .json()
-            .ok()?;
-        Some(pids(&h)).filter(|p| p.len() == 2)
+        Some(pids(&health(&job.listen)?.1)).filter(|p| p.len() == 2)
     })
     .expect("two engines");
-    cluster.kill(); // SIGKILL: no clean-up code runs
+    job.cluster.kill(); // SIGKILL: no clean-up code runs
     let gone = eventually(Duration::from_secs(10), || {
         engines
             .iter()

@@ -231,18 +231,7 @@ fn two_hosts_survive_one_engine_killed_and_equal_the_oracle() {
     .expect("an engine on each host");
 
     // The stream: 2 000 pageviews on 8 pages by 80 visitors, in two halves.
-    let send = |range: std::ops::Range<usize>| {
-        let events: Vec<Value> = range
-            .map(|i| {
-                json!({"site": site, "name": "pageview", "url": format!("https://hosts.test/p{}", i % 8),
-                       "visitor_id": format!("v{}", i % 80), "event_id": format!("e{i}")})
-            })
-            .collect();
-        for chunk in events.chunks(100) {
-            let (status, body) = post(&setup.url("/api/batch"), &json!({ "events": chunk }), None);
-            assert_eq!(status, 202, "{body}");
-        }
-    };
+    let send = |range| post_pageviews(&setup, &site, "hosts.test", range, (8, 80), 100);
     send(0..1000);
     eventually(Duration::from_secs(60), || {
         let n = totals(&setup, &site, &key, "pageviews", &[])?;

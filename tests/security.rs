@@ -12,27 +12,6 @@ use serde_json::{json, Value};
 
 const ADMIN: &str = "cfadmin_security_test_token_0123456789";
 
-/// Any method, any route: (status, JSON body or the text as a string).
-fn call(method: &str, url: &str, body: Option<&Value>, bearer: Option<&str>) -> (u16, Value) {
-    let client = reqwest::blocking::Client::new();
-    let mut req = client
-        .request(method.parse().expect("method"), url)
-        .header("user-agent", BROWSER_UA);
-    if let Some(b) = body {
-        req = req.json(b);
-    }
-    if let Some(b) = bearer {
-        req = req.bearer_auth(b);
-    }
-    let resp = req.send().expect("send");
-    let status = resp.status().as_u16();
-    let text = resp.text().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 /// A refusal: 401, 403 or 404, with a reason in `error`.
 #[track_caller]
 fn refused(what: &str, (status, body): (u16, Value)) {
@@ -71,7 +50,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
     }
 
     let share_of = |key: &str, site: &str| -> String {
-        let (status, body) = call(
+        let (status, body) = request(
             "POST",
             &url(&format!("/api/v1/shares?site_id={site}")),
             None,
@@ -92,7 +71,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
     ] {
         refused(
             &format!("{who}: query b"),
-            call(
+            request(
                 "POST",
                 &url("/api/v1/query"),
                 Some(&query_b),
@@ -101,7 +80,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
         );
         refused(
             &format!("{who}: realtime of b"),
-            call(
+            request(
                 "GET",
                 &url(&format!("/api/v1/realtime?site_id={b}")),
                 None,
@@ -110,7 +89,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
         );
         refused(
             &format!("{who}: share b"),
-            call(
+            request(
                 "POST",
                 &url(&format!("/api/v1/shares?site_id={b}")),
                 None,
@@ -119,7 +98,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
         );
         refused(
             &format!("{who}: revoke b's link"),
-            call(
+            request(
                 "DELETE",
                 &url(&format!("/api/v1/shares/{share_b}")),
                 None,
@@ -128,7 +107,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
         );
         refused(
             &format!("{who}: erasures of b"),
-            call(
+            request(
                 "GET",
                 &url(&format!("/api/v1/admin/erasures?site_id={b}")),
                 None,
@@ -137,7 +116,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
         );
         refused(
             &format!("{who}: erase in b"),
-            call(
+            request(
                 "POST",
                 &url("/api/v1/admin/erase"),
                 Some(&json!({"site_id": b, "visitor_id": "v"})),
@@ -147,7 +126,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
         // Events that speak for b's visitors (their user agent) need b's own key.
         refused(
             &format!("{who}: server-side event for b"),
-            call(
+            request(
                 "POST",
                 &url("/api/event"),
                 Some(
@@ -159,7 +138,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
         );
         refused(
             &format!("{who}: GA4 Measurement Protocol into b"),
-            call(
+            request(
                 "POST",
                 &url(&format!(
                     "/mp/collect?measurement_id={b}&api_secret={credential}"
@@ -173,7 +152,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
     // A share link reads, and does nothing else, even for its own site.
     refused(
         "a's share link: share a",
-        call(
+        request(
             "POST",
             &url(&format!("/api/v1/shares?site_id={a}")),
             None,
@@ -182,7 +161,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
     );
     refused(
         "a's share link: revoke itself",
-        call(
+        request(
             "DELETE",
             &url(&format!("/api/v1/shares/{share_a}")),
             None,
@@ -191,7 +170,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
     );
 
     // b's link was not revoked, nothing was forged into b, and a's own reads never show b.
-    let (status, body) = call(
+    let (status, body) = request(
         "GET",
         &url(&format!("/api/v1/shares/{share_b}")),
         None,
@@ -202,7 +181,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
         (200, Some(b.as_str())),
         "{body}"
     );
-    let (status, body) = call("POST", &url("/api/v1/query"), Some(&query_b), Some(&key_b));
+    let (status, body) = request("POST", &url("/api/v1/query"), Some(&query_b), Some(&key_b));
     assert_eq!(status, 200, "{body}");
     let pages: Vec<&str> = body["results"]
         .as_array()
@@ -212,7 +191,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
         .collect();
     assert_eq!(pages, ["/only-b"], "{body}");
     for credential in [&key_a, &share_a] {
-        let (status, body) = call(
+        let (status, body) = request(
             "POST",
             &url("/api/v1/query"),
             Some(
@@ -229,7 +208,7 @@ fn a_sites_key_or_share_link_never_reaches_another_site() {
 fn admin_routes_answer_only_the_admin_token() {
     let running = running_site_with("admin.test", &[("CLICKFLOW__API__ADMIN_TOKEN", ADMIN)]);
     let (setup, site, key) = (&running.setup, &running.site, &running.key);
-    let (status, body) = call(
+    let (status, body) = request(
         "POST",
         &setup.url(&format!("/api/v1/shares?site_id={site}")),
         None,
@@ -250,7 +229,7 @@ fn admin_routes_answer_only_the_admin_token() {
     ] {
         refused(
             &format!("{who}: erase"),
-            call(
+            request(
                 "POST",
                 &setup.url("/api/v1/admin/erase"),
                 Some(&erase),
@@ -259,22 +238,22 @@ fn admin_routes_answer_only_the_admin_token() {
         );
         refused(
             &format!("{who}: erasures"),
-            call("GET", &erasures, None, credential),
+            request("GET", &erasures, None, credential),
         );
     }
-    let (status, body) = call(
+    let (status, body) = request(
         "POST",
         &setup.url("/api/v1/admin/erase"),
         Some(&erase),
         Some(ADMIN),
     );
     assert_eq!(status, 202, "{body}");
-    let (status, body) = call("GET", &erasures, None, Some(ADMIN));
+    let (status, body) = request("GET", &erasures, None, Some(ADMIN));
     assert_eq!(status, 200, "{body}");
 
     // Without api.admin_token the admin routes are off, whatever is presented.
     let plain = running_site("noadmin.test");
-    let (status, body) = call(
+    let (status, body) = request(
         "POST",
         &plain.setup.url("/api/v1/admin/erase"),
         Some(&json!({"site_id": plain.site, "visitor_id": "someone"})),

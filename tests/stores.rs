@@ -61,9 +61,7 @@ impl Store {
                 &[&SITE, &KEY],
             )
             .expect("site");
-        let server = setup.spawn(&["serve"]);
-        setup.wait_healthy();
-        let engine = spawn_engine(&setup, 1, 1, scratch.path());
+        let (server, engine) = serve_and_engine(&setup, scratch.path());
         Store {
             name,
             database,

@@ -249,6 +249,40 @@ pub fn post_with(
     if let Some(b) = bearer {
         req = req.bearer_auth(b);
     }
+    answer(req)
+}
+
+pub fn post_raw(url: &str, body: Vec<u8>, content_type: &str) -> (u16, Value) {
+    answer(
+        reqwest::blocking::Client::new()
+            .post(url)
+            .header("user-agent", BROWSER_UA)
+            .header("content-type", content_type)
+            .body(body),
+    )
+}
+
+/// Any method on any route, as the test browser: (status, JSON body or the text as a string).
+pub fn request(
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+    bearer: Option<&str>,
+) -> (u16, Value) {
+    let mut req = reqwest::blocking::Client::new()
+        .request(method.parse().expect("method"), url)
+        .header("user-agent", BROWSER_UA);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    answer(req)
+}
+
+/// Sends `req`: the status, and the body as JSON (or as a string when it is not JSON).
+fn answer(req: reqwest::blocking::RequestBuilder) -> (u16, Value) {
     let resp = req.send().expect("send request");
     let status = resp.status().as_u16();
     let text = resp.text().unwrap_or_default();
@@ -258,20 +292,27 @@ pub fn post_with(
     )
 }
 
-pub fn post_raw(url: &str, body: Vec<u8>, content_type: &str) -> (u16, Value) {
-    let resp = reqwest::blocking::Client::new()
-        .post(url)
-        .header("user-agent", BROWSER_UA)
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .expect("send request");
-    let status = resp.status().as_u16();
-    let text = resp.text().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+/// Posts pageviews `range` of a seeded stream to `setup`'s batch route, `per_request` at a
+/// time: event `i` is page `/p{i % pages}` of `https://{host}`, visitor `v{i % visitors}`,
+/// event id `e{i}`. Each request must be accepted.
+pub fn post_pageviews(
+    setup: &Setup,
+    site: &str,
+    host: &str,
+    range: std::ops::Range<usize>,
+    (pages, visitors): (usize, usize),
+    per_request: usize,
+) {
+    let events: Vec<Value> = range
+        .map(|i| {
+            json!({"site": site, "name": "pageview", "url": format!("https://{host}/p{}", i % pages),
+                   "visitor_id": format!("v{}", i % visitors), "event_id": format!("e{i}")})
+        })
+        .collect();
+    for chunk in events.chunks(per_request) {
+        let (status, body) = post(&setup.url("/api/batch"), &json!({ "events": chunk }), None);
+        assert_eq!(status, 202, "{body}");
+    }
 }
 
 /// Polls `f` until it returns `Some` or the deadline passes.
@@ -397,9 +438,7 @@ pub fn running_site_with(domain: &str, vars: &[(&str, &str)]) -> Running {
     }
     setup.run(&["migrate"]);
     let (site, key) = setup.add_site(domain, "UTC");
-    let server = setup.spawn(&["serve"]);
-    setup.wait_healthy();
-    let engine = spawn_engine(&setup, 1, 1, scratch.path());
+    let (server, engine) = serve_and_engine(&setup, scratch.path());
     Running {
         setup,
         site,
@@ -408,6 +447,13 @@ pub fn running_site_with(domain: &str, vars: &[(&str, &str)]) -> Running {
         _engine: engine,
         scratch,
     }
+}
+
+/// `serve` (healthy before this returns) and a one-process, one-worker engine for `setup`.
+pub fn serve_and_engine(setup: &Setup, scratch: &Path) -> (Proc, Vec<Proc>) {
+    let server = setup.spawn(&["serve"]);
+    setup.wait_healthy();
+    (server, spawn_engine(setup, 1, 1, scratch))
 }
 
 /// The README's first command, `clickflow up --demo`, as a new user runs it: its own Postgres
