@@ -1,5 +1,5 @@
-//! What several benches share: reading the process's memory, and a sink target that keeps
-//! only the size of the table it would write.
+//! What several benches share: a shop's event mix, reading the process's memory, and a sink
+//! target that keeps only the size of the table it would write.
 
 // Each bench includes this module and uses part of it.
 #![allow(dead_code)]
@@ -8,9 +8,11 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
+use clickflow_dataflows::event::{Client, Revenue};
 use clickflow_dataflows::metric::Cell;
 use clickflow_dataflows::pipeline::Rollup;
 use clickflow_dataflows::MetricKey;
+use clickflow_dataflows::{Event, Record};
 use clickflow_operators::sink::{CommitBatch, SinkConfig, SinkStatus, Transaction};
 use timely::dataflow::operators::probe::Handle;
 use timely::dataflow::operators::ToStream;
@@ -84,4 +86,60 @@ pub fn probe_and_sink<T: Transaction<MetricKey, Cell> + 'static>(
         Arc::new(SinkStatus::default()),
     );
     probe
+}
+
+/// A mix like a shop's: three pageviews to one custom event, some with props or revenue,
+/// referrers and campaigns on some visits, visitors coming back within the day.
+pub fn shop_event(i: usize, base: i64) -> Record {
+    let site = i % 200;
+    let referrers = [
+        None,
+        Some("https://www.google.com/"),
+        Some("https://t.co/x"),
+        Some("https://news.example/a"),
+    ];
+    Record::Event(Event {
+        site: format!("site{site}"),
+        event_id: format!("e{i}"),
+        name: if i.is_multiple_of(4) {
+            "signup".into()
+        } else {
+            "pageview".into()
+        },
+        ts: base + (i as i64 * 17) % 86_400_000,
+        received: base + 86_400_000,
+        visitor: (i as u64 * 2_654_435_761) % 50_000,
+        url: if i.is_multiple_of(10) {
+            format!(
+                "https://site{site}.test/p{}?utm_source=mail&utm_medium=email",
+                i % 50
+            )
+        } else {
+            format!("https://site{site}.test/p{}", i % 50)
+        },
+        referrer: referrers[i % referrers.len()].map(str::to_owned),
+        props: if i.is_multiple_of(4) {
+            vec![("plan".into(), ["free", "pro"][i % 2].into())]
+        } else {
+            Vec::new()
+        },
+        revenue: i.is_multiple_of(20).then(|| Revenue {
+            amount: format!("{}.50", i % 100),
+            currency: "EUR".into(),
+        }),
+        refund_of: None,
+        tz: if site.is_multiple_of(2) {
+            "UTC".into()
+        } else {
+            "Europe/Paris".into()
+        },
+        client: Client {
+            device: ["desktop", "mobile", "tablet"][i % 3].into(),
+            browser: ["Chrome", "Safari", "Firefox"][i % 3].into(),
+            browser_version: "120.0".into(),
+            os: ["Windows 10", "iOS", "Linux"][i % 3].into(),
+            os_version: "10".into(),
+        },
+        country: ["FR", "US", "DE", "unknown"][i % 4].into(),
+    })
 }

@@ -16,65 +16,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use clickflow_dataflows::event::{Client, Revenue};
-use clickflow_dataflows::{pipeline, Event, Record, Settings};
+use clickflow_dataflows::{pipeline, Record, Settings};
 use differential_dataflow::input::Input;
-
-/// A mix like a shop's: three pageviews to one custom event, some with props or revenue,
-/// referrers and campaigns on some visits, visitors coming back within the day.
-fn event(i: usize, base: i64) -> Record {
-    let site = i % 200;
-    let referrers = [
-        None,
-        Some("https://www.google.com/"),
-        Some("https://t.co/x"),
-        Some("https://news.example/a"),
-    ];
-    Record::Event(Event {
-        site: format!("site{site}"),
-        event_id: format!("e{i}"),
-        name: if i.is_multiple_of(4) {
-            "signup".into()
-        } else {
-            "pageview".into()
-        },
-        ts: base + (i as i64 * 17) % 86_400_000,
-        received: base + 86_400_000,
-        visitor: (i as u64 * 2_654_435_761) % 50_000,
-        url: if i.is_multiple_of(10) {
-            format!(
-                "https://site{site}.test/p{}?utm_source=mail&utm_medium=email",
-                i % 50
-            )
-        } else {
-            format!("https://site{site}.test/p{}", i % 50)
-        },
-        referrer: referrers[i % referrers.len()].map(str::to_owned),
-        props: if i.is_multiple_of(4) {
-            vec![("plan".into(), ["free", "pro"][i % 2].into())]
-        } else {
-            Vec::new()
-        },
-        revenue: i.is_multiple_of(20).then(|| Revenue {
-            amount: format!("{}.50", i % 100),
-            currency: "EUR".into(),
-        }),
-        refund_of: None,
-        tz: if site.is_multiple_of(2) {
-            "UTC".into()
-        } else {
-            "Europe/Paris".into()
-        },
-        client: Client {
-            device: ["desktop", "mobile", "tablet"][i % 3].into(),
-            browser: ["Chrome", "Safari", "Firefox"][i % 3].into(),
-            browser_version: "120.0".into(),
-            os: ["Windows 10", "iOS", "Linux"][i % 3].into(),
-            os_version: "10".into(),
-        },
-        country: ["FR", "US", "DE", "unknown"][i % 4].into(),
-    })
-}
 
 /// Runs `total` events through the pipeline in epochs of `epoch_events` (across all workers);
 /// returns the wall time and, per epoch, the time from closing it to its rows being ready
@@ -96,7 +39,7 @@ fn run(workers: usize, total: usize, epoch_events: usize) -> (Duration, Vec<Dura
         let per_worker = (epoch_events / peers).max(1);
         let mut latencies = Vec::with_capacity(total / epoch_events + 1);
         for i in (index..total).step_by(peers) {
-            input.insert(event(i, base));
+            input.insert(common::shop_event(i, base));
             sent += 1;
             if sent.is_multiple_of(per_worker) {
                 epoch += 1_000;

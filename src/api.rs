@@ -293,6 +293,8 @@ impl Api {
             .map_err(ApiError::unavailable)?;
         let (config, log, site) = (admin.config.clone(), admin.log.clone(), req.site_id.clone());
         tokio::task::spawn_blocking(move || {
+            // Sealed days older than the log's retention are rebuilt from the archive.
+            let log = crate::archive::ArchivedLog::wrap_or_log(log, &config);
             crate::erase::recompute_and_record(&config, log.as_ref(), &site, visitor, now)
         });
         Ok(json!({

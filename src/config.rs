@@ -15,6 +15,7 @@ pub struct Config {
     pub collector: CollectorConfig,
     pub engine: EngineConfig,
     pub api: ApiConfig,
+    pub archive: ArchiveConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,6 +30,9 @@ pub struct LogConfig {
     pub fsync: bool,
     pub brokers: String,
     pub topic: String,
+    /// Embedded log: records appended longer ago than this are dropped (0 keeps them). Kafka
+    /// topics keep their own `retention.ms`.
+    pub retention_secs: u64,
 }
 
 impl Default for LogConfig {
@@ -40,6 +44,7 @@ impl Default for LogConfig {
             fsync: true,
             brokers: "127.0.0.1:9092".into(),
             topic: "events".into(),
+            retention_secs: 0,
         }
     }
 }
@@ -155,6 +160,33 @@ pub struct ApiConfig {
     pub listen: String,
     /// Bearer token for `/api/v1/admin/*`; empty disables the admin endpoints.
     pub admin_token: String,
+}
+
+/// The archive of the log: compressed Parquet files that outlive the log's retention.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// A directory (or `file://` URL); empty disables the archive.
+    pub url: String,
+    /// Where files are written before they are uploaded.
+    pub staging_dir: PathBuf,
+    /// A file is closed when its day ends, at this many records, or after `close_after_secs`.
+    pub file_records: u64,
+    pub close_after_secs: u64,
+    /// Records per Parquet row group: the unit the archiver holds in memory per partition.
+    pub row_group_records: usize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            url: ".clickflow/archive".into(),
+            staging_dir: PathBuf::from(".clickflow/archive-staging"),
+            file_records: 10_000_000,
+            close_after_secs: 3600,
+            row_group_records: 65_536,
+        }
+    }
 }
 
 impl Config {

@@ -48,10 +48,16 @@ pub fn plan_live(client: &mut Client, log: &dyn Log, config: &Config) -> anyhow:
     let generation = store::active_generation(client)?;
     let progress = store::progress(client, generation)?;
     let partitions = log.partitions()?;
+    // A fresh generation starts where the log (with its archive) starts: what retention
+    // dropped before the first run is not there to count.
+    let mut start = BTreeMap::new();
+    for p in 0..partitions {
+        start.insert(p, log.low_watermark(p)?);
+    }
     let mut plan = Plan {
         generation,
         live: true,
-        start: (0..partitions).map(|p| (p, 0)).collect(),
+        start,
         end: None,
         hold_until: BTreeMap::new(),
         write_from: i64::MIN,
@@ -76,6 +82,25 @@ pub fn plan_live(client: &mut Client, log: &dyn Log, config: &Config) -> anyhow:
 /// readers from that instant to the current end of the log.
 pub fn plan_replay(client: &mut Client, log: &dyn Log, from_ms: i64) -> anyhow::Result<Plan> {
     let aligned = floor_day(from_ms) - DAY_MS;
+    let partitions = log.partitions()?;
+    let mut start = BTreeMap::new();
+    let mut end = BTreeMap::new();
+    for p in 0..partitions {
+        let from = log.offset_for_time(p, aligned)?;
+        let low = log.low_watermark(p)?;
+        // The first record held is already at or after the start: the records retention
+        // dropped before it may have been too, and a replay without them would be wrong.
+        if from == low && low > 0 {
+            anyhow::bail!(
+                "partition {p} no longer holds records from {} (it starts at offset {low}, dropped by retention) and the archive does not reach back that far: replay from a later time, or archive the log (`clickflow archive`) before its retention drops it",
+                chrono::DateTime::from_timestamp_millis(aligned)
+                    .map(|d| d.to_rfc3339())
+                    .unwrap_or_default()
+            );
+        }
+        start.insert(p, from);
+        end.insert(p, log.high_watermark(p)?);
+    }
     let mut tx = client.transaction()?;
     let old = store::active_generation(&mut tx)?;
     let generation: i32 = tx
@@ -92,13 +117,6 @@ pub fn plan_replay(client: &mut Client, log: &dyn Log, from_ms: i64) -> anyhow::
         &[&generation, &old, &aligned],
     )?;
     tx.commit()?;
-    let partitions = log.partitions()?;
-    let mut start = BTreeMap::new();
-    let mut end = BTreeMap::new();
-    for p in 0..partitions {
-        start.insert(p, log.offset_for_time(p, aligned)?);
-        end.insert(p, log.high_watermark(p)?);
-    }
     Ok(Plan {
         generation,
         live: false,

@@ -2,9 +2,10 @@
 //!
 //! Data path: [`collector`] (HTTP ingest) → [`log`] (Kafka or embedded) → [`engine`]
 //! (timely job running `clickflow_dataflows`) → [`sink`] (Postgres, with offsets in the same
-//! transaction) → [`api`] (merchant queries).
+//! transaction) → [`api`] (merchant queries). [`archive`] keeps the log past its retention.
 
 pub mod api;
+pub mod archive;
 pub mod cluster;
 pub mod collector;
 pub mod compat;

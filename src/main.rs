@@ -5,6 +5,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use clickflow::api::{self, Api};
+use clickflow::archive::archiver::Archiver;
+use clickflow::archive::{Archive, ArchivedLog, Catalog};
 use clickflow::collector::{self, Collector};
 use clickflow::config::Config;
 use clickflow::engine::{self, Outcome};
@@ -85,6 +87,19 @@ enum Command {
         listen: std::net::SocketAddr,
         #[arg(long, action = clap::ArgAction::Help)]
         help: Option<bool>,
+    },
+    /// Copy the log into the archive (Parquet files per partition and day) and keep it
+    /// copying; replays read the archive for what the log no longer holds.
+    Archive {
+        /// Archive up to the log's current end, close every file, and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print what the archive holds per partition against the log, and exit.
+        #[arg(long, conflicts_with = "once")]
+        status: bool,
+        /// Serve /metrics and /healthz of the archiver on this address.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Recompute every bucket from a timestamp into a new generation, then switch readers.
     Replay {
@@ -205,12 +220,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 serve_engine_metrics(addr)?;
             }
             let timely = engine::timely_config(workers, processes, process, hostfile.as_deref())?;
-            let log = log::open(&config.log, log::Access::Read)?;
-            let plan = engine::plan_live(
-                &mut store::connect(&database_url(&config)?)?,
-                log.as_ref(),
-                &config,
+            let mut client = store::connect(&database_url(&config)?)?;
+            let log = ArchivedLog::wrap(
+                log::open(&config.log, log::Access::Read)?,
+                &config.archive,
+                &mut client,
             )?;
+            let plan = engine::plan_live(&mut client, log.as_ref(), &config)?;
             tracing::info!(?plan.start, ?plan.hold_until, generation = plan.generation, "engine starting");
             for (p, from) in &plan.start {
                 let label = [p.to_string()];
@@ -231,6 +247,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Replay { from, workers } => replay(&config, &from, workers)?,
+        Command::Archive {
+            once,
+            status,
+            metrics_listen,
+        } => {
+            if let Some(addr) = metrics_listen {
+                serve_engine_metrics(addr)?;
+            }
+            archive(&config, once, status)?;
+        }
         Command::Up { demo, workers } => {
             let local_pg = config.database.url.is_empty();
             if local_pg {
@@ -300,8 +326,12 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
 fn replay(config: &Config, from: &str, workers: usize) -> anyhow::Result<()> {
     let from_ms = parse_time(from)?;
     let url = database_url(config)?;
-    let log = log::open(&config.log, log::Access::Read)?;
     let mut client = store::connect(&url)?;
+    let log = ArchivedLog::wrap(
+        log::open(&config.log, log::Access::Read)?,
+        &config.archive,
+        &mut client,
+    )?;
     let plan = engine::plan_replay(&mut client, log.as_ref(), from_ms)?;
     let total: u64 = plan
         .end
@@ -371,7 +401,81 @@ fn replay(config: &Config, from: &str, workers: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The tag a merchant puts on their pages.
+/// `clickflow archive`: the archiver until killed, once up to the log's end, or its status.
+fn archive(config: &Config, once: bool, status: bool) -> anyhow::Result<()> {
+    let url = database_url(config)?;
+    let Some(target) = Archive::open(&config.archive)? else {
+        anyhow::bail!("archive.url is empty: set it to a directory to archive into");
+    };
+    let log = log::open(&config.log, log::Access::Read)?;
+    let mut client = store::connect(&url)?;
+    if status {
+        return archive_status(&mut client, log.as_ref(), &target);
+    }
+    let mut archiver = Archiver::start(log.clone(), target.clone(), client, &config.archive)?;
+    let mut total = 0u64;
+    for (p, from) in archiver.positions() {
+        total += log.high_watermark(*p)?.saturating_sub(*from);
+    }
+    let bar = if once {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} archive [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} records ({per_sec})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        eprintln!(
+            "archiving {} into {} (Ctrl-C stops; unfinished files are redone on the next start)",
+            config.log.kind,
+            target.location()
+        );
+        indicatif::ProgressBar::hidden()
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    archiver.run(once, &stop, |n| bar.set_position(n))?;
+    bar.finish_and_clear();
+    let a = &archiver.archived;
+    println!(
+        "archived {} records in {} files, {} bytes ({:.1} bytes per record) into {}",
+        a.records,
+        a.files,
+        a.bytes,
+        a.bytes as f64 / a.records.max(1) as f64,
+        target.location()
+    );
+    Ok(())
+}
+
+fn archive_status(
+    client: &mut postgres::Client,
+    log: &dyn log::Log,
+    target: &Archive,
+) -> anyhow::Result<()> {
+    let catalog = Catalog::load(client)?;
+    println!("archive {}", target.location());
+    println!("partition  archived offsets          files  records      bytes  log holds");
+    for p in 0..log.partitions()? {
+        let files = catalog.contiguous(p);
+        let (records, bytes) = files
+            .iter()
+            .fold((0, 0), |(r, b), f| (r + f.records, b + f.bytes));
+        let covered = catalog
+            .covered(p)
+            .map(|(a, b)| format!("[{a}, {b})"))
+            .unwrap_or_else(|| "none".into());
+        println!(
+            "{p:>9}  {covered:<24} {:>6} {records:>8} {bytes:>10}  [{}, {})",
+            files.len(),
+            log.low_watermark(p)?,
+            log.high_watermark(p)?
+        );
+    }
+    Ok(())
+}
+
 /// The tag a merchant pastes. `up` serves only this machine, whose own test pages are on
 /// localhost, so its tag counts localhost pages too.
 fn script_tag(site: &str, collector: &str, local: bool) -> String {
@@ -406,6 +510,19 @@ async fn serve(
             pool.clone(),
             config.database.minute_retention_secs,
         ));
+    }
+    if config.log.retention_secs > 0 {
+        if config.log.kind == "embedded" {
+            let archived = !config.archive.url.trim().is_empty();
+            tokio::spawn(log_retention(
+                log.clone(),
+                pool.clone(),
+                config.log.retention_secs,
+                archived,
+            ));
+        } else {
+            tracing::warn!("log.retention_secs applies to the embedded log; a Kafka topic keeps its own retention.ms");
+        }
     }
     let api = Arc::new(Api {
         pool,
@@ -474,6 +591,71 @@ async fn minute_retention(pool: deadpool_postgres::Pool, secs: u64) {
     }
 }
 
+/// Applies the embedded log's retention a few times per retention period. With an archive
+/// configured, records the archiver has not committed yet are kept whatever their age: the
+/// archive, not the log, is the history, so it must never miss what the log drops.
+async fn log_retention(
+    log: Arc<dyn log::Log>,
+    pool: deadpool_postgres::Pool,
+    keep_secs: u64,
+    archived: bool,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs((keep_secs / 4).clamp(1, 600)));
+    let mut warned = false;
+    loop {
+        every.tick().await;
+        let progress = if archived {
+            let read = async {
+                let client = pool.get().await?;
+                let rows = client
+                    .query("SELECT partition, next_offset FROM archive_progress", &[])
+                    .await?;
+                anyhow::Ok(
+                    rows.iter()
+                        .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64))
+                        .collect::<std::collections::BTreeMap<u32, u64>>(),
+                )
+            };
+            match read.await {
+                Ok(p) => {
+                    if p.is_empty() && !warned {
+                        warned = true;
+                        tracing::warn!("log retention waits for the archiver: nothing is archived yet (run `clickflow archive`)");
+                    }
+                    Some(p)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "log retention skipped: archive progress unreadable");
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let log = log.clone();
+        let now = chrono::Utc::now().timestamp_millis();
+        let pass = tokio::task::spawn_blocking(move || {
+            log::apply_retention(
+                log.as_ref(),
+                keep_secs as i64 * 1000,
+                now,
+                progress.as_ref(),
+            )
+        });
+        match pass.await {
+            Ok(Ok(moved)) if !moved.is_empty() => {
+                tracing::info!(
+                    ?moved,
+                    "log retention dropped old records (partition, new start)"
+                )
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "log retention failed"),
+            Err(e) => tracing::warn!(error = %e, "log retention task"),
+        }
+    }
+}
+
 async fn bind(address: &str, setting: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let address: std::net::SocketAddr = address.parse().with_context(|| {
         format!("{setting} = {address:?} is not an address like 127.0.0.1:8080")
@@ -507,12 +689,13 @@ fn up(mut config: Config, demo: bool, workers: usize) -> anyhow::Result<()> {
     let engine_config = config.clone();
     std::thread::spawn(move || loop {
         let attempt = (|| -> anyhow::Result<Outcome> {
-            let log = log::open(&engine_config.log, log::Access::Read)?;
-            let plan = engine::plan_live(
-                &mut store::connect(&engine_config.database.url)?,
-                log.as_ref(),
-                &engine_config,
+            let mut client = store::connect(&engine_config.database.url)?;
+            let log = ArchivedLog::wrap(
+                log::open(&engine_config.log, log::Access::Read)?,
+                &engine_config.archive,
+                &mut client,
             )?;
+            let plan = engine::plan_live(&mut client, log.as_ref(), &engine_config)?;
             engine::run(
                 &engine_config,
                 timely::Config::process(workers.max(1)),
@@ -530,6 +713,27 @@ fn up(mut config: Config, demo: bool, workers: usize) -> anyhow::Result<()> {
             }
         }
     });
+    if !config.archive.url.trim().is_empty() {
+        let archive_config = config.clone();
+        std::thread::spawn(move || loop {
+            let attempt = (|| -> anyhow::Result<()> {
+                let Some(store) = Archive::open(&archive_config.archive)? else {
+                    return Ok(());
+                };
+                let log = log::open(&archive_config.log, log::Access::Read)?;
+                let client = store::connect(&archive_config.database.url)?;
+                let mut archiver = Archiver::start(log, store, client, &archive_config.archive)?;
+                archiver.run(false, &std::sync::atomic::AtomicBool::new(false), |_| {})
+            })();
+            match attempt {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "archiver stopped; restarting in 10 s");
+                    std::thread::sleep(Duration::from_secs(10));
+                }
+            }
+        });
+    }
     let listen = config.collector.listen.clone();
     println!("Clickflow is up.");
     println!(
@@ -550,6 +754,12 @@ fn up(mut config: Config, demo: bool, workers: usize) -> anyhow::Result<()> {
     );
     println!("  health:     http://{listen}/healthz    metrics: http://{listen}/metrics");
     println!("  database:   {}", store::redact(&url));
+    if !config.archive.url.trim().is_empty() {
+        println!(
+            "  archive:    {} (Parquet, a file per partition and day or hour)",
+            config.archive.url
+        );
+    }
     println!("Try:\n  curl -s -X POST http://{listen}/api/v1/query -H 'Authorization: Bearer {}' -H 'content-type: application/json' \\\n    -d '{{\"site_id\":\"{}\",\"metrics\":[\"pageviews\",\"visitors\",\"events\"],\"date_range\":[\"{}\",\"{}\"],\"dimensions\":[\"time:minute\"]}}'",
         site.1, site.0, chrono::Utc::now().format("%Y-%m-%d"), chrono::Utc::now().format("%Y-%m-%d"));
     let rt = tokio::runtime::Runtime::new()?;

@@ -54,6 +54,30 @@ pub static SINK_FRONTIER: LazyLock<IntGauge> = LazyLock::new(|| {
     ))
 });
 
+pub static ARCHIVE_RECORDS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(IntCounter::new(
+        "clickflow_archive_records_total",
+        "Log records committed to the archive",
+    ))
+});
+
+pub static ARCHIVE_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(IntCounter::new(
+        "clickflow_archive_bytes_total",
+        "Bytes of archive files committed",
+    ))
+});
+
+pub static ARCHIVE_OFFSET: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(IntGaugeVec::new(
+        Opts::new(
+            "clickflow_archive_offset",
+            "The next offset to archive, by partition (everything before it is committed)",
+        ),
+        &["partition"],
+    ))
+});
+
 pub static DECODE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     register(IntCounter::new(
         "clickflow_engine_decode_errors_total",

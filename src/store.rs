@@ -68,6 +68,28 @@ CREATE TABLE IF NOT EXISTS progress (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (generation, partition)
 );
+-- The archive's catalog: files tile each partition's offsets from its first archived one;
+-- readers trust only this table, so a file uploaded by an archiver that died before its
+-- commit is never read.
+CREATE TABLE IF NOT EXISTS archive_files (
+    partition     integer NOT NULL,
+    first_offset  bigint NOT NULL,
+    end_offset    bigint NOT NULL,
+    day           date NOT NULL,
+    min_ts        bigint NOT NULL,
+    max_ts        bigint NOT NULL,
+    records       bigint NOT NULL,
+    bytes         bigint NOT NULL,
+    path          text NOT NULL,
+    archived_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (partition, first_offset),
+    CHECK (end_offset > first_offset)
+);
+CREATE TABLE IF NOT EXISTS archive_progress (
+    partition    integer PRIMARY KEY,
+    next_offset  bigint NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
 "#;
 
 const ROLLUPS_COLUMNS: &str = r#"

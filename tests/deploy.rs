@@ -92,6 +92,7 @@ fn every_document_is_a_known_kind_with_a_name() {
         ("apps/v1", "StatefulSet"),
         ("apps/v1", "Deployment"),
         ("batch/v1", "Job"),
+        ("v1", "PersistentVolumeClaim"),
     ];
     let mut names = std::collections::BTreeSet::new();
     for d in documents() {
@@ -317,4 +318,59 @@ fn every_configuration_variable_is_a_key_clickflow_accepts() {
     let loaded = clickflow::config::Config::load(None, &overrides)
         .unwrap_or_else(|e| panic!("{overrides:?}: {e:#}"));
     assert_eq!(loaded.log.kind, "kafka");
+}
+
+/// One archiver (it takes a lock: two would wait or fail), replaced rather than rolled, with
+/// flags the binary knows; every pod that reads the archive mounts the claim where
+/// `archive.url` points.
+#[test]
+fn the_archiver_runs_once_and_every_reader_mounts_the_archive() {
+    let docs = documents();
+    let archiver = find(&docs, "Deployment", "clickflow-archiver");
+    assert_eq!(archiver["spec"]["replicas"], json!(1));
+    assert_eq!(archiver["spec"]["strategy"]["type"], "Recreate");
+    let c = &containers(archiver)[0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "archive");
+    let help = Command::new(env!("CARGO_BIN_EXE_clickflow"))
+        .args(["archive", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    for flag in args[1..].iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            help.contains(flag),
+            "clickflow archive has no {flag}:\n{help}"
+        );
+    }
+    let config = find(&docs, "ConfigMap", "clickflow-config");
+    let url = config["data"]["CLICKFLOW__ARCHIVE__URL"].as_str().unwrap();
+    let claim = find(&docs, "PersistentVolumeClaim", "clickflow-archive");
+    assert!(claim["spec"]["accessModes"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("ReadWriteMany")));
+    for (kind, name) in [
+        ("Deployment", "clickflow-archiver"),
+        ("StatefulSet", "clickflow-engine"),
+    ] {
+        let w = find(&docs, kind, name);
+        let volume = w["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["persistentVolumeClaim"]["claimName"] == "clickflow-archive")
+            .unwrap_or_else(|| panic!("{name} has no archive volume"));
+        let mounted = containers(w)[0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == volume["name"] && m["mountPath"] == url);
+        assert!(mounted, "{name} mounts the archive at {url}");
+    }
 }

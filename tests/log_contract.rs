@@ -175,6 +175,76 @@ fn embedded_log_keeps_the_contract() {
     contract(&log);
 }
 
+/// Retention works like Kafka's `DeleteRecords`: offsets stay, the start moves, reads below
+/// it fail with a reason, seeks by time land on the start, the disk blocks come back, and
+/// the start survives a reopen. The retention pass never drops what the archive lacks.
+#[test]
+fn embedded_retention_drops_the_oldest_records_and_keeps_offsets() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let value = |i: u64| format!("{i:04}").repeat(1024).into_bytes();
+    let blocks = || {
+        std::fs::metadata(dir.path().join("00000.log"))
+            .expect("data file")
+            .blocks()
+    };
+    {
+        let log = EmbeddedLog::open(dir.path(), 1, true).expect("open");
+        let appends = (0..100)
+            .map(|i| Append {
+                key: "k".into(),
+                value: value(i),
+                timestamp: 1_000 + i as i64,
+            })
+            .collect();
+        for ack in rt.block_on(log.append(appends)) {
+            ack.expect("ack");
+        }
+        assert_eq!(log.low_watermark(0).expect("low"), 0);
+        let before = blocks();
+        assert_eq!(log.delete_records(0, 60).expect("delete"), 60);
+        assert!(blocks() * 2 < before, "{before} → {} blocks", blocks());
+        assert_eq!(
+            log.delete_records(0, 10).expect("no-op"),
+            60,
+            "the start never moves back"
+        );
+        assert_eq!(log.low_watermark(0).expect("low"), 60);
+        assert_eq!(log.offset_for_time(0, 0).expect("seek"), 60);
+        assert_eq!(log.offset_for_time(0, 1_070).expect("seek"), 70);
+        match log.reader(&BTreeMap::from([(0, 59)]), None) {
+            Err(e) => assert!(e.to_string().contains("gone from the log"), "{e}"),
+            Ok(_) => panic!("a reader below the start must be refused"),
+        }
+        let rest = read_all(&log, &BTreeMap::from([(0, 60)]), None, 40);
+        assert_eq!(
+            rest.iter()
+                .map(|r| (r.offset, r.value.clone()))
+                .collect::<Vec<_>>(),
+            (60..100).map(|i| (i, value(i))).collect::<Vec<_>>()
+        );
+    }
+    let log = EmbeddedLog::open(dir.path(), 1, true).expect("reopen");
+    assert_eq!(
+        log.low_watermark(0).expect("low"),
+        60,
+        "the start is durable"
+    );
+    let ack = rt.block_on(log.append(vec![Append {
+        key: "k".into(),
+        value: b"next".to_vec(),
+        timestamp: 2_000,
+    }]));
+    assert_eq!(ack[0].as_ref().expect("ack"), &(0, 100));
+    // Older than 10 ms at 1 090 means before offset 80; the archive has only reached 75.
+    let archived = BTreeMap::from([(0, 75)]);
+    let moved = clickflow::log::apply_retention(&log, 10, 1_090, Some(&archived)).expect("pass");
+    assert_eq!(moved, vec![(0, 75)]);
+    let moved = clickflow::log::apply_retention(&log, 10, 1_090, None).expect("pass");
+    assert_eq!(moved, vec![(0, 80)]);
+}
+
 #[test]
 fn embedded_log_survives_reopen_and_a_torn_tail() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -372,7 +372,7 @@ fn injection_strings_are_only_data() {
 }
 
 #[test]
-fn raw_ips_and_user_agents_never_reach_the_log_or_postgres() {
+fn raw_ips_and_user_agents_never_reach_the_log_the_archive_or_postgres() {
     let running = running_site_with(
         "private.test",
         &[(
@@ -443,6 +443,53 @@ fn raw_ips_and_user_agents_never_reach_the_log_or_postgres() {
         }
     }
     assert!(searched > 0, "the log holds the events");
+    // Every record of the archive, decompressed (compressed bytes would hide anything).
+    let archived = setup.run(&["archive", "--once"]);
+    assert!(
+        String::from_utf8_lossy(&archived.stdout).starts_with("archived "),
+        "{}",
+        String::from_utf8_lossy(&archived.stdout)
+    );
+    let mut files = vec![running.scratch.path().join("log-archive")];
+    let mut archive_marker = false;
+    let mut parquet_files = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let name = path.display().to_string();
+        let Some(partition) = name
+            .split("partition=")
+            .nth(1)
+            .and_then(|rest| rest.get(..5))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        parquet_files += 1;
+        let mut cursor = clickflow::archive::format::FileCursor::open(
+            std::fs::File::open(&path).unwrap(),
+            partition,
+        )
+        .unwrap();
+        while let Some(records) = cursor.next_group(0).unwrap() {
+            for r in records {
+                let text = [r.key, r.value].concat();
+                archive_marker |= text.windows(marker.len()).any(|w| w == marker.as_bytes());
+                for s in secrets {
+                    assert!(
+                        !text.windows(s.len()).any(|w| w == s.as_bytes()),
+                        "{s} found in archive file {name}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        parquet_files > 0 && archive_marker,
+        "the archive holds the page"
+    );
     // Every row of every table, as text.
     let database = &setup
         .vars

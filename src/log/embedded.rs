@@ -7,6 +7,11 @@
 //! (in this or another process) trust only the index; a writer that opens a log truncates a
 //! torn tail. Timestamps are log-append time, clamped to never decrease per partition, so
 //! seek-by-time is a binary search over the index.
+//!
+//! Retention drops the oldest records the way Kafka's `DeleteRecords` does: offsets stay, a
+//! `.start` file per partition says where the log now begins (written first, atomically), and
+//! the bytes before it are punched out of both files, so the disk space comes back without
+//! rewriting the files under their readers.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -105,6 +110,38 @@ impl EmbeddedLog {
         })
     }
 
+    fn delete_records_blocking(&self, partition: u32, before: u64) -> LogResult<u64> {
+        self.check(partition)?;
+        let writer = self.writers.get(partition as usize).ok_or_else(|| {
+            LogError::Unavailable(format!("{} is open read-only", self.dir.display()))
+        })?;
+        let w = writer.lock();
+        let low = read_low_watermark(&self.dir, partition)?;
+        let before = before.min(w.next_offset);
+        if before <= low {
+            return Ok(low);
+        }
+        // Readers check the start before trusting bytes, so it moves before the bytes go.
+        let tmp = self.dir.join(format!("{partition:05}.start.tmp"));
+        std::fs::write(&tmp, before.to_string())?;
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, start_path(&self.dir, partition))?;
+        File::open(&self.dir)?.sync_all()?;
+        let index = IndexFile::open(&self.dir, partition)?;
+        let data_end = if before < w.next_offset {
+            index.entry(before)?.2
+        } else {
+            w.data_len
+        };
+        let writable = |path: PathBuf| OpenOptions::new().write(true).open(path);
+        punch_hole(&writable(data_path(&self.dir, partition))?, data_end)?;
+        punch_hole(
+            &writable(index_path(&self.dir, partition))?,
+            before * INDEX_ENTRY,
+        )?;
+        Ok(before)
+    }
+
     fn append_blocking(&self, records: Vec<Append>) -> Vec<LogResult<Ack>> {
         if self.writers.is_empty() {
             let read_only = || {
@@ -153,6 +190,45 @@ fn data_path(dir: &Path, p: u32) -> PathBuf {
 
 fn index_path(dir: &Path, p: u32) -> PathBuf {
     dir.join(format!("{p:05}.idx"))
+}
+
+fn start_path(dir: &Path, p: u32) -> PathBuf {
+    dir.join(format!("{p:05}.start"))
+}
+
+/// The first offset partition `p` still holds.
+fn read_low_watermark(dir: &Path, p: u32) -> LogResult<u64> {
+    match std::fs::read_to_string(start_path(dir, p)) {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| LogError::Corrupt(format!("bad {}", start_path(dir, p).display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Frees the disk blocks of `file` below `len` while its size and later bytes stay.
+fn punch_hole(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: fallocate reads only its integer arguments and the descriptor, which `file`
+    // keeps open for the duration of the call.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn open_partition(dir: &Path, p: u32) -> LogResult<PartitionWriter> {
@@ -291,10 +367,20 @@ impl Log for EmbeddedLog {
         IndexFile::open(&self.dir, partition)?.len()
     }
 
+    fn low_watermark(&self, partition: u32) -> LogResult<u64> {
+        self.check(partition)?;
+        read_low_watermark(&self.dir, partition)
+    }
+
+    fn delete_records(&self, partition: u32, before: u64) -> LogResult<u64> {
+        self.delete_records_blocking(partition, before)
+    }
+
     fn offset_for_time(&self, partition: u32, timestamp: i64) -> LogResult<u64> {
         self.check(partition)?;
         let index = IndexFile::open(&self.dir, partition)?;
-        let (mut lo, mut hi) = (0u64, index.len()?);
+        let (mut lo, mut hi) = (read_low_watermark(&self.dir, partition)?, index.len()?);
+        lo = lo.min(hi);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             if index.entry(mid)?.1 < timestamp {
@@ -314,6 +400,18 @@ impl Log for EmbeddedLog {
         let mut parts = BTreeMap::new();
         for (&p, &offset) in start {
             self.check(p)?;
+            let low = read_low_watermark(&self.dir, p)?;
+            let stops_before = end
+                .as_ref()
+                .and_then(|e| e.get(&p))
+                .is_some_and(|e| *e <= offset);
+            if offset < low && !stops_before {
+                return Err(LogError::Trimmed {
+                    partition: p,
+                    offset,
+                    low,
+                });
+            }
             let data = File::open(data_path(&self.dir, p))?;
             parts.insert(
                 p,
@@ -325,7 +423,11 @@ impl Log for EmbeddedLog {
                 },
             );
         }
-        Ok(Box::new(EmbeddedReader { parts, end }))
+        Ok(Box::new(EmbeddedReader {
+            dir: self.dir.clone(),
+            parts,
+            end,
+        }))
     }
 }
 
@@ -347,6 +449,7 @@ struct PartitionCursor {
 }
 
 struct EmbeddedReader {
+    dir: PathBuf,
     parts: BTreeMap<u32, PartitionCursor>,
     end: Option<BTreeMap<u32, u64>>,
 }
@@ -371,12 +474,17 @@ impl EmbeddedReader {
                 let mut len = [0u8; 4];
                 cursor.data.read_exact_at(&mut len, last_pos)?;
                 let end_pos = last_pos + 8 + u32::from_le_bytes(len) as u64;
-                let mut buf = vec![0u8; (end_pos - first_pos) as usize];
+                let Some(span) = end_pos.checked_sub(first_pos) else {
+                    return Err(trimmed_or(&self.dir, p, cursor.next, "index out of order"));
+                };
+                let mut buf = vec![0u8; span as usize];
                 cursor.data.seek(SeekFrom::Start(first_pos))?;
                 cursor.data.read_exact(&mut buf)?;
                 let mut at = 0usize;
                 while at < buf.len() {
-                    let (record, used) = decode_frame(&buf[at..], p)?;
+                    // Bytes retention punched out read as zeros: say so rather than "corrupt".
+                    let (record, used) = decode_frame(&buf[at..], p)
+                        .map_err(|e| trimmed_or(&self.dir, p, cursor.next, &e.to_string()))?;
                     if record.offset != cursor.next {
                         return Err(LogError::Corrupt(format!(
                             "partition {p}: expected offset {} got {}",
@@ -391,6 +499,19 @@ impl EmbeddedReader {
             cursor.caught_up = cursor.next >= available;
         }
         Ok(())
+    }
+}
+
+/// The error for an unreadable record at `offset`: [`LogError::Trimmed`] when retention
+/// dropped it, else corruption.
+fn trimmed_or(dir: &Path, partition: u32, offset: u64, what: &str) -> LogError {
+    match read_low_watermark(dir, partition) {
+        Ok(low) if offset < low => LogError::Trimmed {
+            partition,
+            offset,
+            low,
+        },
+        _ => LogError::Corrupt(format!("partition {partition} offset {offset}: {what}")),
     }
 }
 

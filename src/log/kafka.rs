@@ -119,6 +119,10 @@ impl Log for KafkaLog {
         Ok(self.watermarks(partition)?.1.max(0) as u64)
     }
 
+    fn low_watermark(&self, partition: u32) -> LogResult<u64> {
+        Ok(self.watermarks(partition)?.0.max(0) as u64)
+    }
+
     fn offset_for_time(&self, partition: u32, timestamp: i64) -> LogResult<u64> {
         let (low, high) = self.watermarks(partition)?;
         let mut query = TopicPartitionList::new();

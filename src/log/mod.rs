@@ -25,6 +25,12 @@ pub enum LogError {
     Corrupt(String),
     #[error("no such partition {0}")]
     NoPartition(u32),
+    #[error("partition {partition}: offset {offset} is gone from the log, which now starts at {low} (retention)")]
+    Trimmed {
+        partition: u32,
+        offset: u64,
+        low: u64,
+    },
 }
 
 pub type LogResult<T> = Result<T, LogError>;
@@ -57,8 +63,19 @@ pub trait Log: Send + Sync {
     fn partitions(&self) -> LogResult<u32>;
     /// The offset the next appended record of `partition` will get.
     fn high_watermark(&self, partition: u32) -> LogResult<u64>;
-    /// The first offset whose timestamp is at or after `timestamp`; the high watermark when
-    /// there is none.
+    /// The first offset of `partition` the log still holds: 0 until retention drops records.
+    fn low_watermark(&self, partition: u32) -> LogResult<u64>;
+    /// Drops the records of `partition` before offset `before` (Kafka's `DeleteRecords`) and
+    /// returns the partition's new first offset. Only the embedded log's writer does this:
+    /// Kafka topics apply their own `retention.ms`.
+    fn delete_records(&self, partition: u32, before: u64) -> LogResult<u64> {
+        let _ = before;
+        Err(LogError::Unavailable(format!(
+            "partition {partition}: this log keeps its own retention"
+        )))
+    }
+    /// The first offset still held whose timestamp is at or after `timestamp`; the high
+    /// watermark when there is none.
     fn offset_for_time(&self, partition: u32, timestamp: i64) -> LogResult<u64>;
     /// A reader positioned at the given offsets. With `end`, it stops at those offsets.
     fn reader(
@@ -77,6 +94,28 @@ pub trait LogReader: Send {
     fn caught_up(&self, partition: u32) -> bool;
     /// True when a bounded reader has reached every end offset.
     fn finished(&self) -> bool;
+}
+
+/// One pass of the log's retention: drops each partition's records appended before
+/// `now_ms - keep_ms`, but never one the archive has not taken yet when `archived` (each
+/// partition's archive progress) is given. Returns the partitions whose start moved.
+pub fn apply_retention(
+    log: &dyn Log,
+    keep_ms: i64,
+    now_ms: i64,
+    archived: Option<&BTreeMap<u32, u64>>,
+) -> LogResult<Vec<(u32, u64)>> {
+    let mut moved = Vec::new();
+    for p in 0..log.partitions()? {
+        let mut before = log.offset_for_time(p, now_ms.saturating_sub(keep_ms))?;
+        if let Some(archived) = archived {
+            before = before.min(archived.get(&p).copied().unwrap_or(0));
+        }
+        if before > log.low_watermark(p)? {
+            moved.push((p, log.delete_records(p, before)?));
+        }
+    }
+    Ok(moved)
 }
 
 /// The partition a key goes to: CRC32 of the key, as librdkafka's `consistent` partitioner.

@@ -93,11 +93,36 @@ impl Setup {
         ];
         match log {
             LogChoice::Kafka { brokers, topic } => {
+                let archive = std::env::temp_dir().join(format!("clickflow-archive-{topic}"));
+                for (key, path) in [
+                    ("URL", archive.clone()),
+                    ("STAGING_DIR", archive.join(".staging")),
+                ] {
+                    vars.push((
+                        format!("CLICKFLOW__ARCHIVE__{key}"),
+                        format!("{:?}", path.display().to_string()),
+                    ));
+                }
                 vars.push(("CLICKFLOW__LOG__KIND".into(), "kafka".into()));
                 vars.push(("CLICKFLOW__LOG__BROKERS".into(), format!("{brokers:?}")));
                 vars.push(("CLICKFLOW__LOG__TOPIC".into(), format!("{topic:?}")));
             }
             LogChoice::Embedded { dir } => {
+                let archive = dir.with_file_name(format!(
+                    "{}-archive",
+                    dir.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default()
+                ));
+                for (key, path) in [
+                    ("URL", archive.clone()),
+                    ("STAGING_DIR", archive.join(".staging")),
+                ] {
+                    vars.push((
+                        format!("CLICKFLOW__ARCHIVE__{key}"),
+                        format!("{:?}", path.display().to_string()),
+                    ));
+                }
                 vars.push(("CLICKFLOW__LOG__KIND".into(), "embedded".into()));
                 vars.push((
                     "CLICKFLOW__LOG__DIR".into(),
@@ -485,6 +510,14 @@ impl LocalUp {
             .env("CLICKFLOW__DATABASE__LOCAL_DIR", quoted(&pg_dir))
             .env("CLICKFLOW__DATABASE__LOCAL_PORT", free_port().to_string())
             .env("CLICKFLOW__LOG__DIR", quoted(&scratch.path().join("log")))
+            .env(
+                "CLICKFLOW__ARCHIVE__URL",
+                quoted(&scratch.path().join("archive")),
+            )
+            .env(
+                "CLICKFLOW__ARCHIVE__STAGING_DIR",
+                quoted(&scratch.path().join("archive-staging")),
+            )
             .env("CLICKFLOW__COLLECTOR__LISTEN", format!("{listen:?}"))
             .env("CLICKFLOW__ENGINE__EPOCH_MS", "200")
             .env("RUST_LOG", "warn")
