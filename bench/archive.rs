@@ -34,11 +34,12 @@ fn fresh_database() -> String {
         .expect("CLICKFLOW_TEST_PG: run `bash scripts/test-env.sh start; source .testenv/env`");
     let name = format!("cf_archive_bench_{}", std::process::id());
     let mut client = postgres::Client::connect(&server, postgres::NoTls).expect("connect");
-    client
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-        ))
-        .expect("create database");
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        client.batch_execute(&statement).expect("create database");
+    }
     let base = server.rsplit_once('/').map(|(b, _)| b).unwrap_or(&server);
     format!("{base}/{name}")
 }

@@ -25,6 +25,8 @@ fn main() {
         kills: args.get(1).copied().unwrap_or(20) as usize,
         seed: args.get(2).copied().unwrap_or(9),
         batch: 50,
+        recover_within: Duration::from_secs(900),
+        rate: 25_000,
         settle_within: Duration::from_secs(900),
     };
     println!(

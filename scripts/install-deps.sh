@@ -20,6 +20,9 @@ PG_EXT=/usr/share/postgresql/15/extension
 if [ -n "$TESTS" ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+  if ! command -v moto_server >/dev/null 2>&1; then
+    python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+  fi
   if [ ! -f "$PG_EXT/timescaledb.control" ]; then
     [ -f /usr/include/postgresql/15/server/postgres.h ] || need_apt+=(postgresql-server-dev-15)
     command -v make >/dev/null 2>&1 || need_apt+=(make)
@@ -90,5 +93,11 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v tansu >/dev/null 2>&1; then
   echo "install-deps: cargo install tansu (Kafka-protocol broker for tests; ~10 min once)"
   cargo install tansu --locked --features libsql
+fi
+# An S3-compatible server for the archive's bucket test (moto, in Python; pure user space).
+if [ -n "$TESTS" ] && ! command -v moto_server >/dev/null 2>&1; then
+  echo "install-deps: pip install moto[server] (S3-compatible server for tests)"
+  python3 -m pip install --user --quiet 'moto[server]>=5,<6' \
+    || python3 -m pip install --user --quiet --break-system-packages 'moto[server]>=5,<6'
 fi
 echo "install-deps: ok"

@@ -65,6 +65,7 @@ export CLICKFLOW_TEST_PLAIN="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 export CLICKFLOW_TEST_TIMESCALE="$timescale"
 export CLICKFLOW_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 export CLICKFLOW_TEST_TANSU="$(command -v tansu)"
+export CLICKFLOW_TEST_MOTO="$(command -v moto_server || echo "$HOME/.local/bin/moto_server")"
 ENV
   echo "test-env: postgres on $PG_PORT, ${timescale:+timescaledb on $TS_PORT, }tansu on $KAFKA_PORT"
 }

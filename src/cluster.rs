@@ -69,8 +69,20 @@ struct Snapshot {
     rehydration: Value,
 }
 
+/// Removes the directory of a hostfile this supervisor generated, however `run` ends.
+struct GeneratedHostfile(Option<PathBuf>);
+
+impl Drop for GeneratedHostfile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.as_ref().and_then(|f| f.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 pub fn run(config: &Config, args: ClusterArgs) -> anyhow::Result<()> {
     let (hostfile, total, here) = hosts(&args)?;
+    let _generated = GeneratedHostfile(args.hostfile.is_none().then(|| hostfile.clone()));
     let metrics: Vec<SocketAddr> = here
         .iter()
         .map(|_| free_loopback_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p))))

@@ -166,8 +166,11 @@ pub struct ApiConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArchiveConfig {
-    /// A directory (or `file://` URL); empty disables the archive.
+    /// A directory, a `file://` URL or an `s3://bucket/prefix` URL; empty disables it.
     pub url: String,
+    /// Object-store settings for an `s3://` URL (`endpoint`, `allow_http`, `region`,
+    /// `access_key_id`, ...), over the `AWS_*` environment variables.
+    pub options: std::collections::BTreeMap<String, String>,
     /// Where files are written before they are uploaded.
     pub staging_dir: PathBuf,
     /// A file is closed when its day ends, at this many records, or after `close_after_secs`.
@@ -181,6 +184,7 @@ impl Default for ArchiveConfig {
     fn default() -> Self {
         ArchiveConfig {
             url: ".clickflow/archive".into(),
+            options: Default::default(),
             staging_dir: PathBuf::from(".clickflow/archive-staging"),
             file_records: 10_000_000,
             close_after_secs: 3600,

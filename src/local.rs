@@ -123,13 +123,23 @@ pub fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<String> {
 }
 
 pub fn stop_postgres(dir: &Path) {
+    pg_stop(dir, "fast");
+}
+
+/// Stops the local Postgres the way a crash would, without a checkpoint: the next start
+/// recovers from its WAL (the chaos test's Postgres "kill").
+pub fn stop_postgres_immediately(dir: &Path) {
+    pg_stop(dir, "immediate");
+}
+
+fn pg_stop(dir: &Path, mode: &str) {
     if let Ok(dir) = dir
         .canonicalize()
         .and_then(|d| reachable_by_postgres(&d).map_err(std::io::Error::other))
     {
         let _ = run_pg(
             "pg_ctl",
-            &["-D", &dir.to_string_lossy(), "-m", "fast", "stop"],
+            &["-D", &dir.to_string_lossy(), "-m", mode, "stop"],
         );
     }
 }

@@ -19,6 +19,8 @@ fn killing_each_part_at_random_loses_nothing_and_counts_nothing_twice() {
         kills: 6,
         seed,
         batch: 50,
+        recover_within: Duration::from_secs(180),
+        rate: 500,
         settle_within: Duration::from_secs(180),
     };
     let report = chaos_harness::run(&plan);

@@ -500,17 +500,12 @@ fn read_through_archive(
 ) -> Vec<clickflow::log::Record> {
     use clickflow::archive::{ArchivedLog, Catalog};
     use clickflow::log::Log;
-    let var = |k: &str| {
-        let raw = &setup.vars.iter().find(|(key, _)| key == k).unwrap().1;
-        serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.clone())
-    };
-    let config = clickflow::config::ArchiveConfig {
-        url: var("CLICKFLOW__ARCHIVE__URL"),
-        staging_dir: var("CLICKFLOW__ARCHIVE__STAGING_DIR").into(),
-        ..Default::default()
-    };
-    let mut client = postgres::Client::connect(&var("DATABASE_URL"), postgres::NoTls).unwrap();
-    let archive = clickflow::archive::Archive::open(&config).unwrap().unwrap();
+    let config = setup.config();
+    let database = setup.database_url();
+    let mut client = postgres::Client::connect(database, postgres::NoTls).unwrap();
+    let archive = clickflow::archive::Archive::open(&config.archive)
+        .unwrap()
+        .unwrap();
     let catalog = Catalog::load(&mut client).unwrap();
     let archived = ArchivedLog::new(log.clone(), archive, catalog);
     let partitions = log.partitions().unwrap();
@@ -550,7 +545,12 @@ fn low_watermarks(log_dir: &std::path::Path) -> Vec<(u64, u64)> {
     use clickflow::log::Log;
     let log = clickflow::log::embedded::EmbeddedLog::open_read_only(log_dir).unwrap();
     (0..log.partitions().unwrap())
-        .map(|p| (log.low_watermark(p).unwrap(), log.high_watermark(p).unwrap()))
+        .map(|p| {
+            (
+                log.low_watermark(p).unwrap(),
+                log.high_watermark(p).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -560,13 +560,52 @@ fn low_watermarks(log_dir: &std::path::Path) -> Vec<(u64, u64)> {
 /// the log from where the archive ends, and equals the full run.
 #[test]
 fn a_replay_from_before_the_log_retention_reads_the_archive_and_equals_a_full_run() {
+    replay_beyond_retention(None);
+}
+
+/// The same with the archive in an S3-compatible bucket (moto's server, on loopback).
+#[test]
+fn an_archive_in_an_s3_bucket_serves_the_same_replay() {
+    let port = free_port();
+    let _moto = Proc(
+        std::process::Command::new(env("CLICKFLOW_TEST_MOTO"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto_server"),
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let http = reqwest::blocking::Client::new();
+    let bucket = eventually(Duration::from_secs(30), || {
+        let r = http.put(format!("{endpoint}/clickflow-test")).send().ok()?;
+        r.status().is_success().then_some(())
+    });
+    assert!(bucket.is_some(), "a bucket on the S3 test server");
+    replay_beyond_retention(Some(&endpoint));
+}
+
+/// With `s3`, the archive is `s3://clickflow-test/archive` at that endpoint.
+fn replay_beyond_retention(s3: Option<&str>) {
     use std::os::unix::fs::MetadataExt;
     let scratch = tempfile::tempdir().unwrap();
     let log_dir = scratch.path().join("log");
     let (setup, sites) = prepare(LogChoice::Embedded {
         dir: log_dir.clone(),
     });
-    let setup = setup.with("CLICKFLOW__COLLECTOR__LATENESS_SECS", "21600");
+    let mut setup = setup.with("CLICKFLOW__COLLECTOR__LATENESS_SECS", "21600");
+    if let Some(endpoint) = s3 {
+        for (key, value) in [
+            ("URL", "s3://clickflow-test/archive"),
+            ("OPTIONS__ENDPOINT", endpoint),
+            ("OPTIONS__ALLOW_HTTP", "true"),
+            ("OPTIONS__ACCESS_KEY_ID", "test"),
+            ("OPTIONS__SECRET_ACCESS_KEY", "test"),
+            ("OPTIONS__REGION", "us-east-1"),
+        ] {
+            setup = setup.with(&format!("CLICKFLOW__ARCHIVE__{key}"), &format!("{value:?}"));
+        }
+    }
     let now = Utc::now().timestamp_millis();
     let history = write_history(&log_dir, &sites, 9, now);
     let d = start(setup, sites);

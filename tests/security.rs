@@ -491,12 +491,7 @@ fn raw_ips_and_user_agents_never_reach_the_log_the_archive_or_postgres() {
         "the archive holds the page"
     );
     // Every row of every table, as text.
-    let database = &setup
-        .vars
-        .iter()
-        .find(|(k, _)| k == "DATABASE_URL")
-        .unwrap()
-        .1;
+    let database = setup.database_url();
     let mut sql = postgres::Client::connect(database, postgres::NoTls).unwrap();
     let tables: Vec<String> = sql
         .query(

@@ -95,13 +95,16 @@ impl Archive {
                     ArchiveError::Invalid(format!("archive.url {url:?} is not a local path"))
                 })?;
                 (local_store(&dir)?, ObjectPath::default())
+            } else if matches!(parsed.scheme(), "s3" | "s3a") {
+                (
+                    s3_store(url, &config.options)?,
+                    ObjectPath::from_url_path(parsed.path())
+                        .map_err(|e| ArchiveError::Invalid(format!("archive.url {url:?}: {e}")))?,
+                )
             } else {
-                let (store, prefix) = object_store::parse_url(&parsed).map_err(|e| {
-                    ArchiveError::Invalid(format!(
-                        "archive.url {url:?}: {e} (this build stores the archive in a directory or file:// URL)"
-                    ))
-                })?;
-                (Arc::from(store), prefix)
+                return Err(ArchiveError::Invalid(format!(
+                    "archive.url {url:?}: the archive goes into a directory, a file:// URL or an s3:// bucket"
+                )));
             }
         } else {
             (local_store(Path::new(url))?, ObjectPath::default())
@@ -211,6 +214,21 @@ impl Archive {
             Ok(names)
         })
     }
+}
+
+/// An S3-compatible bucket: credentials, region and endpoint from the usual `AWS_*`
+/// variables, overridden by `archive.options` (object_store's keys: `endpoint`,
+/// `allow_http`, `access_key_id`, `region`, ...).
+fn s3_store(url: &str, options: &BTreeMap<String, String>) -> ArchiveResult<Arc<dyn ObjectStore>> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    let mut builder = AmazonS3Builder::from_env().with_url(url);
+    for (key, value) in options {
+        let key: AmazonS3ConfigKey = key.parse().map_err(|_| {
+            ArchiveError::Invalid(format!("archive.options: {key:?} is not an S3 option"))
+        })?;
+        builder = builder.with_config(key, value);
+    }
+    Ok(Arc::new(builder.build()?))
 }
 
 fn local_store(dir: &Path) -> ArchiveResult<Arc<dyn ObjectStore>> {

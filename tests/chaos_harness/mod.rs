@@ -29,6 +29,19 @@ pub struct Plan {
     pub batch: usize,
     /// How long the rollups may take to settle once everything is posted.
     pub settle_within: Duration,
+    /// How long one kill may take to recover from before the run gives up.
+    pub recover_within: Duration,
+    /// Events per second all clients together post at most, so kills land mid-stream.
+    pub rate: usize,
+}
+
+/// The processes' stderr: shown with `CHAOS_LOG=1`, else dropped.
+fn logs() -> Stdio {
+    if std::env::var_os("CHAOS_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +67,11 @@ pub struct Report {
     pub posting: Duration,
     pub settled_after: Option<Duration>,
 }
+
+/// A kill counts as recovered once results are committed for events received this long after
+/// it: the committed frontier is rounded up to the engine's epoch, so at the kill it may
+/// already stand a little past the kill's instant.
+const RESULTS_MARGIN_MS: i64 = 500;
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -135,27 +153,14 @@ fn start_broker(dir: &Path, port: u16) -> Child {
         ])
         .current_dir(dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(logs())
         .spawn()
         .expect("start tansu")
 }
 
-fn postmaster_pid(pg_dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(pg_dir.join("postmaster.pid"))
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Kills Postgres's postmaster (a crash, not a shutdown) and starts it again.
+/// Stops Postgres as a crash would (no checkpoint: the restart replays its WAL), and starts it.
 fn crash_postgres(pg_dir: &Path, port: u16) {
-    if let Some(pid) = postmaster_pid(pg_dir) {
-        sigkill(pid);
-    }
-    // Its backends notice the postmaster is gone and exit; until then a new one may not start.
+    clickflow::local::stop_postgres_immediately(pg_dir);
     let started = eventually(Duration::from_secs(60), || {
         clickflow::local::start_postgres(pg_dir, port).ok()
     });
@@ -221,7 +226,7 @@ pub fn run(plan: &Plan) -> Report {
         serve_setup
             .command(&["serve"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(logs())
             .spawn()
             .expect("spawn serve")
     });
@@ -231,7 +236,7 @@ pub fn run(plan: &Plan) -> Report {
         setup
             .command(&["cluster", "-n", "2", "-w", "1", "--listen", &health_at])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(logs())
             .spawn()
             .expect("spawn cluster"),
     );
@@ -264,18 +269,23 @@ pub fn run(plan: &Plan) -> Report {
     let requests = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicUsize::new(0));
     let oracle = Arc::new(Mutex::new(Oracle::default()));
+    // Set when a kill was never recovered from: the clients stop, the run reports.
+    let give_up = Arc::new(AtomicBool::new(false));
     let posting_started = Instant::now();
     let clients: Vec<_> = (0..2)
         .map(|c| {
             let (setup, sites) = (setup.clone(), sites.clone());
-            let (acknowledged, last_ack_ms, requests, retries, oracle) = (
+            let (acknowledged, last_ack_ms, requests, retries, oracle, give_up) = (
                 acknowledged.clone(),
                 last_ack_ms.clone(),
                 requests.clone(),
                 retries.clone(),
                 oracle.clone(),
+                give_up.clone(),
             );
             let (events, batch, seed) = (plan.events, plan.batch, plan.seed);
+            // Each of the two clients sends half the rate.
+            let pause = Duration::from_secs_f64(batch as f64 * 2.0 / plan.rate.max(1) as f64);
             std::thread::spawn(move || {
                 let mut rng = StdRng::seed_from_u64(seed * 31 + c as u64);
                 let http = reqwest::blocking::Client::builder()
@@ -283,7 +293,13 @@ pub fn run(plan: &Plan) -> Report {
                     .build()
                     .unwrap();
                 let mine: Vec<usize> = (c..events).step_by(2).collect();
+                let mut next_send = Instant::now();
                 for chunk in mine.chunks(batch) {
+                    if give_up.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    std::thread::sleep(next_send.saturating_duration_since(Instant::now()));
+                    next_send = Instant::now().max(next_send) + pause;
                     let ts = now_ms();
                     let sent: Vec<(usize, String, String, bool)> = chunk
                         .iter()
@@ -317,6 +333,9 @@ pub fn run(plan: &Plan) -> Report {
                         if answer.is_some_and(|a| a["accepted"] == json!(chunk.len())) {
                             break;
                         }
+                        if give_up.load(Ordering::SeqCst) {
+                            return;
+                        }
                         retries.fetch_add(1, Ordering::Relaxed);
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -348,6 +367,11 @@ pub fn run(plan: &Plan) -> Report {
     }
     kinds.truncate(plan.kills);
     kinds.shuffle(&mut rng);
+    // `CHAOS_KINDS=broker,engine` runs exactly those kills, in that order.
+    let chosen = std::env::var("CHAOS_KINDS").unwrap_or_default();
+    if !chosen.is_empty() {
+        kinds = chosen.split(',').map(str::trim).collect();
+    }
     let mut thresholds: Vec<usize> = (0..kinds.len())
         .map(|_| rng.random_range(plan.events / 20..plan.events * 9 / 10))
         .collect();
@@ -385,7 +409,7 @@ pub fn run(plan: &Plan) -> Report {
             }
             _ => {
                 crash_postgres(&pg_dir, pg_port);
-                "postgres (SIGKILL, restarted)".to_string()
+                "postgres (immediate stop, restarted)".to_string()
             }
         };
         let mut kill = Kill {
@@ -394,14 +418,14 @@ pub fn run(plan: &Plan) -> Report {
             ingest_back: None,
             recovered: None,
         };
-        let deadline = killed_at + Duration::from_secs(180);
+        let deadline = killed_at + plan.recover_within;
         while Instant::now() < deadline && (kill.ingest_back.is_none() || kill.recovered.is_none())
         {
             if kill.ingest_back.is_none() && last_ack_ms.load(Ordering::SeqCst) > killed_ms {
                 kill.ingest_back = Some(killed_at.elapsed());
             }
             if kill.recovered.is_none()
-                && committed_frontier(&database).is_some_and(|f| f > killed_ms)
+                && committed_frontier(&database).is_some_and(|f| f > killed_ms + RESULTS_MARGIN_MS)
             {
                 kill.recovered = Some(killed_at.elapsed());
             }
@@ -412,7 +436,12 @@ pub fn run(plan: &Plan) -> Report {
             std::thread::sleep(Duration::from_millis(50));
         }
         eprintln!("chaos: {kill:?}");
+        let stuck = kill.ingest_back.is_none() || kill.recovered.is_none();
         kills.push(kill);
+        if stuck {
+            give_up.store(true, Ordering::SeqCst);
+            break;
+        }
     }
     for c in clients {
         c.join().expect("client thread");
@@ -423,7 +452,12 @@ pub fn run(plan: &Plan) -> Report {
     let oracle = oracle.lock().unwrap();
     let settle_started = Instant::now();
     let mut last = (0, 0);
-    let settled = eventually(plan.settle_within, || {
+    let settle_within = if give_up.load(Ordering::SeqCst) {
+        Duration::from_secs(10)
+    } else {
+        plan.settle_within
+    };
+    let settled = eventually(settle_within, || {
         let (mut lost, mut doubled) = (0i64, 0i64);
         for (s, (site, key)) in sites.iter().enumerate() {
             let pages = totals(&setup, site, key, "pageviews", &["page"])?;

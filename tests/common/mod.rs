@@ -167,6 +167,32 @@ impl Setup {
         Proc(child)
     }
 
+    /// The database this setup's processes use.
+    pub fn database_url(&self) -> &str {
+        &self
+            .vars
+            .iter()
+            .find(|(k, _)| k == "DATABASE_URL")
+            .expect("DATABASE_URL in every setup")
+            .1
+    }
+
+    /// The configuration this setup's processes see (the last setting of a key wins).
+    pub fn config(&self) -> clickflow::config::Config {
+        let sets: Vec<String> = self
+            .vars
+            .iter()
+            .filter_map(|(k, v)| {
+                let path = k
+                    .strip_prefix("CLICKFLOW__")?
+                    .to_lowercase()
+                    .replace("__", ".");
+                Some(format!("{path}={v}"))
+            })
+            .collect();
+        clickflow::config::Config::load(None, &sets).expect("the setup's configuration")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.listen)
     }
