@@ -305,7 +305,13 @@ impl LogReader for SeamReader {
     fn poll(&mut self, max: usize, timeout: Duration) -> LogResult<Vec<Record>> {
         let mut out = Vec::new();
         if !self.archived.is_empty() {
-            self.read_archive(max, &mut out)?;
+            // Records taken before an error have moved their positions: return them first.
+            if let Err(e) = self.read_archive(max, &mut out) {
+                if out.is_empty() {
+                    return Err(e);
+                }
+                return Ok(out);
+            }
         }
         let room = max.saturating_sub(out.len());
         if let Some(reader) = self.log_reader.as_mut() {
@@ -315,7 +321,11 @@ impl LogReader for SeamReader {
                 } else {
                     Duration::ZERO
                 };
-                out.extend(reader.poll(room, wait)?);
+                match reader.poll(room, wait) {
+                    Ok(records) => out.extend(records),
+                    Err(e) if out.is_empty() => return Err(e),
+                    Err(_) => {}
+                }
             }
         }
         Ok(out)

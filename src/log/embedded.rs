@@ -554,7 +554,14 @@ impl LogReader for EmbeddedReader {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         loop {
-            self.read_some(max, &mut out)?;
+            // Records read before an error have moved their cursors: return them; the error
+            // comes back on the next poll.
+            if let Err(e) = self.read_some(max, &mut out) {
+                if out.is_empty() {
+                    return Err(e);
+                }
+                return Ok(out);
+            }
             if !out.is_empty() || self.finished() || Instant::now() >= deadline {
                 return Ok(out);
             }

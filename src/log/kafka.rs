@@ -223,7 +223,13 @@ impl LogReader for KafkaReader {
                     self.caught_up.values_mut().for_each(|c| *c = true);
                     break;
                 }
-                Some(Err(e)) => return Err(unavailable(e)),
+                // Records already taken from the consumer moved the positions: they must be
+                // returned, or they would be skipped. The error comes back on the next poll.
+                Some(Err(e)) if out.is_empty() => return Err(unavailable(e)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "log read failed after some records; returning those");
+                    break;
+                }
                 Some(Ok(m)) => {
                     let p = m.partition() as u32;
                     let offset = m.offset() as u64;

@@ -66,6 +66,35 @@ pub struct Report {
     pub doubled: i64,
     pub posting: Duration,
     pub settled_after: Option<Duration>,
+    /// When the rollups did not settle: the distinct events the topic holds, to tell a
+    /// broker that lost acknowledged records from an engine that lost read ones.
+    pub in_log: Option<usize>,
+}
+
+/// Distinct event ids in the whole topic.
+fn distinct_events_in_log(brokers: &str) -> usize {
+    use clickflow::log::Log;
+    let log = clickflow::log::kafka::KafkaLog::connect(brokers, "events").expect("connect");
+    let partitions = log.partitions().expect("partitions");
+    let start = (0..partitions).map(|p| (p, 0)).collect();
+    let end: BTreeMap<u32, u64> = (0..partitions)
+        .map(|p| (p, log.high_watermark(p).expect("high watermark")))
+        .collect();
+    let mut reader = log.reader(&start, Some(end)).expect("reader");
+    let mut ids = std::collections::HashSet::new();
+    while !reader.finished() {
+        for m in reader
+            .poll(10_000, Duration::from_millis(500))
+            .expect("poll")
+        {
+            for r in clickflow_dataflows::Record::decode_all(&m.value).unwrap_or_default() {
+                if let clickflow_dataflows::Record::Event(e) = r {
+                    ids.insert(e.event_id);
+                }
+            }
+        }
+    }
+    ids.len()
 }
 
 /// A kill counts as recovered once results are committed for events received this long after
@@ -484,6 +513,9 @@ pub fn run(plan: &Plan) -> Report {
         last = (lost, doubled);
         (lost == 0 && doubled == 0).then_some(())
     });
+    let in_log = settled
+        .is_none()
+        .then(|| distinct_events_in_log(&format!("127.0.0.1:{kafka_port}")));
     let report = Report {
         acknowledged: acknowledged.load(Ordering::SeqCst),
         requests: requests.load(Ordering::SeqCst),
@@ -493,6 +525,7 @@ pub fn run(plan: &Plan) -> Report {
         doubled: last.1,
         posting,
         settled_after: settled.map(|_| settle_started.elapsed()),
+        in_log,
     };
     drop(collector);
     drop(_cluster);
@@ -506,6 +539,12 @@ pub fn run(plan: &Plan) -> Report {
 
 impl Report {
     pub fn print(&self) {
+        if let Some(n) = self.in_log {
+            println!(
+                "chaos: the topic holds {n} distinct events of the {} acknowledged",
+                self.acknowledged
+            );
+        }
         println!(
             "chaos: {} events acknowledged in {} requests ({} retried), posted in {:.1} s",
             self.acknowledged,
