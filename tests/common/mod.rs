@@ -91,44 +91,32 @@ impl Setup {
             ("CLICKFLOW__ENGINE__COMMIT_INTERVAL_MS".into(), "100".into()),
             ("RUST_LOG".into(), "warn".into()),
         ];
-        match log {
+        // Each setup archives into a directory of its own (created only if something archives).
+        let archive = match log {
             LogChoice::Kafka { brokers, topic } => {
-                let archive = std::env::temp_dir().join(format!("clickflow-archive-{topic}"));
-                for (key, path) in [
-                    ("URL", archive.clone()),
-                    ("STAGING_DIR", archive.join(".staging")),
-                ] {
-                    vars.push((
-                        format!("CLICKFLOW__ARCHIVE__{key}"),
-                        format!("{:?}", path.display().to_string()),
-                    ));
-                }
                 vars.push(("CLICKFLOW__LOG__KIND".into(), "kafka".into()));
                 vars.push(("CLICKFLOW__LOG__BROKERS".into(), format!("{brokers:?}")));
                 vars.push(("CLICKFLOW__LOG__TOPIC".into(), format!("{topic:?}")));
+                std::env::temp_dir().join(format!("clickflow-archive-{topic}"))
             }
             LogChoice::Embedded { dir } => {
-                let archive = dir.with_file_name(format!(
-                    "{}-archive",
-                    dir.file_name()
-                        .map(|n| n.to_string_lossy())
-                        .unwrap_or_default()
-                ));
-                for (key, path) in [
-                    ("URL", archive.clone()),
-                    ("STAGING_DIR", archive.join(".staging")),
-                ] {
-                    vars.push((
-                        format!("CLICKFLOW__ARCHIVE__{key}"),
-                        format!("{:?}", path.display().to_string()),
-                    ));
-                }
                 vars.push(("CLICKFLOW__LOG__KIND".into(), "embedded".into()));
                 vars.push((
                     "CLICKFLOW__LOG__DIR".into(),
                     format!("{:?}", dir.display().to_string()),
                 ));
+                let name = dir.file_name().map(|n| n.to_string_lossy());
+                dir.with_file_name(format!("{}-archive", name.unwrap_or_default()))
             }
+        };
+        for (key, path) in [
+            ("URL", archive.clone()),
+            ("STAGING_DIR", archive.join(".staging")),
+        ] {
+            vars.push((
+                format!("CLICKFLOW__ARCHIVE__{key}"),
+                format!("{:?}", path.display().to_string()),
+            ));
         }
         Setup { vars, listen }
     }
