@@ -20,11 +20,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clickflow::archive::archiver::Archiver;
-use clickflow::archive::{Archive, ArchivedLog, Catalog};
 use clickflow::config::ArchiveConfig;
 use clickflow::log::embedded::EmbeddedLog;
 use clickflow::log::{Append, Log};
+use clickflow::store::archive::archiver::Archiver;
+use clickflow::store::archive::{Archive, ArchivedLog, Catalog};
 use clickflow_dataflows::Record;
 
 const PARTITIONS: u32 = 4;

@@ -7,7 +7,7 @@
 //! through the engine's whole pipeline and its Postgres sink once, into the database
 //! `clickflow_dashboard_<events>`, which later runs reuse. Then the query API is served
 //! in-process and the page's first load is replayed `loads` times for the busiest site: the
-//! same queries `src/web/dashboard.js` sends (six KPI cards with their comparison, the graph,
+//! same queries `src/serve/web/dashboard.js` sends (six KPI cards with their comparison, the graph,
 //! the first tab of five panels), at most six at a time as a browser sends them to one host.
 //! Prints the first load's wall time (p50, p95, max) and each query's median.
 
@@ -20,11 +20,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clickflow::api::Api;
-use clickflow::sink::PgSink;
+use clickflow::engine::pg_sink::PgSink;
+use clickflow::serve::api::Api;
 use clickflow::store;
 use clickflow_dataflows::event::{Client, Revenue};
-use clickflow_dataflows::{pipeline, Event, Record, Settings};
+use clickflow_dataflows::{registry, Event, Record, Settings};
 use common::probe_and_sink;
 use differential_dataflow::input::Input;
 use rand::rngs::StdRng;
@@ -99,7 +99,7 @@ fn build(url: &str, events: u64, now: i64) -> anyhow::Result<Vec<String>> {
         );
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, records) = scope.new_collection::<Record, isize>();
-            let rollup = pipeline::metrics(records, &settings);
+            let rollup = registry::metrics(records, &settings);
             (input, probe_and_sink(rollup, sink))
         });
         let mut rng = StdRng::seed_from_u64(7);
@@ -194,7 +194,7 @@ fn build(url: &str, events: u64, now: i64) -> anyhow::Result<Vec<String>> {
     Ok(sites)
 }
 
-/// The page's first load with `period` (`src/web/dashboard.js`: cards, graph, panels).
+/// The page's first load with `period` (`src/serve/web/dashboard.js`: cards, graph, panels).
 fn first_load(site: &str, period: &str) -> Vec<(&'static str, Value)> {
     let q = |metrics: Value, dims: Value| {
         json!({"site_id": site, "metrics": metrics, "date_range": period, "dimensions": dims,
@@ -301,14 +301,14 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new()?;
     let api = Arc::new(Api {
-        pool: clickflow::api::pool(&url, 16)?,
+        pool: clickflow::serve::api::pool(&url, 16)?,
         log: None,
         admin: None,
         minute_retention_secs: 0,
     });
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
-    let routes = clickflow::api::routes(api);
+    let routes = clickflow::serve::api::routes(api);
     runtime.spawn(warp::serve(routes).incoming(listener).run());
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(6)

@@ -16,7 +16,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use clickflow_dataflows::{pipeline, Record, Settings};
+use clickflow_dataflows::{registry, Record, Settings};
 use differential_dataflow::input::Input;
 
 /// Runs `total` events through the pipeline in epochs of `epoch_events` (across all workers);
@@ -28,7 +28,7 @@ fn run(workers: usize, total: usize, epoch_events: usize) -> (Duration, Vec<Dura
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, events) = scope.new_collection::<Record, isize>();
             // Rows go through the sink as in the engine (into a table that keeps only sizes).
-            let rollup = pipeline::metrics(events, &Settings::default());
+            let rollup = registry::metrics(events, &Settings::default());
             let probe = common::probe_and_sink(rollup, common::TableSize::default());
             (input, probe)
         });

@@ -375,7 +375,7 @@ fn guarded<T>(what: &str, i: u64, input: &dyn std::fmt::Debug, f: impl FnOnce() 
 
 pub fn enrich(n: u64, seed: u64) -> BTreeMap<&'static str, u64> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let enricher = clickflow::enrich::Enricher::new(None).expect("enricher");
+    let enricher = clickflow::ingest::client::Enricher::new(None).expect("enricher");
     let mut words = Interner::default();
     let mut out = BTreeMap::new();
     for i in 0..n {
@@ -424,7 +424,7 @@ pub fn enrich(n: u64, seed: u64) -> BTreeMap<&'static str, u64> {
 }
 
 pub fn query_target(n: u64, seed: u64) -> BTreeMap<&'static str, u64> {
-    use clickflow::query::{parse, plan, Query};
+    use clickflow::serve::query::{parse, plan, Query};
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = BTreeMap::new();
     let zones = [
@@ -482,13 +482,13 @@ pub fn ingest(n: u64, seed: u64) -> anyhow::Result<BTreeMap<String, u64>> {
             },
             clickflow::log::Access::Append,
         )?;
-        let pool = clickflow::api::pool(&url, 4)?;
-        let collector = Arc::new(clickflow::collector::Collector::new(
+        let pool = clickflow::serve::api::pool(&url, 4)?;
+        let collector = Arc::new(clickflow::ingest::Collector::new(
             CollectorConfig::default(),
             log,
             pool,
         )?);
-        anyhow::Ok(clickflow::collector::routes(collector).recover(clickflow::collector::recover))
+        anyhow::Ok(clickflow::ingest::routes(collector).recover(clickflow::http::recover))
     })?;
     use warp::Filter;
     let mut rng = StdRng::seed_from_u64(seed);

@@ -22,8 +22,8 @@ use std::time::Instant;
 
 use clickflow_dataflows::aggregate::{count_distinct_rows, sums_rows};
 use clickflow_dataflows::event::Client;
+use clickflow_dataflows::family::Inputs;
 use clickflow_dataflows::metric::Cell;
-use clickflow_dataflows::pipeline::Inputs;
 use clickflow_dataflows::registry::{Family, FAMILIES};
 use clickflow_dataflows::symbol::fingerprint;
 use clickflow_dataflows::{pipeline, Event, MetricKey, Record, Settings};
@@ -76,6 +76,8 @@ impl Transaction<MetricKey, Cell> for Target {
 static HOURLY: Family = Family {
     name: "hourly",
     metrics: &["pageviews", "visitors"],
+    distinct: &["visitors"],
+    derived: &[],
     dimensions: &[""],
     build: hourly,
 };

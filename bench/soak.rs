@@ -34,13 +34,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use clickflow::sink::PgSink;
+use clickflow::engine::pg_sink::PgSink;
 use clickflow::store;
 
 use clickflow_operators::time::parse_tz;
 
 use clickflow_dataflows::event::{Client, Revenue};
-use clickflow_dataflows::{pipeline, Event, Record, Settings};
+use clickflow_dataflows::{pipeline, registry, Event, Record, Settings};
 use common::{probe_and_sink, status_kib, TableSize};
 use differential_dataflow::input::Input;
 use rand::rngs::StdRng;
@@ -143,7 +143,7 @@ fn main() {
             let (input, records) = scope.new_collection::<Record, isize>();
             // SOAK_FAMILIES=traffic,sessions limits the run to those families (diagnosis).
             let only = std::env::var("SOAK_FAMILIES").ok();
-            let rollup = pipeline::metrics_of(records, &settings, |f| {
+            let rollup = registry::metrics_of(records, &settings, |f| {
                 only.as_deref()
                     .is_none_or(|o| o.split(',').any(|n| n == f.name))
             });

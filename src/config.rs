@@ -194,6 +194,17 @@ impl Default for ArchiveConfig {
 }
 
 impl Config {
+    /// The database URL, or why there is none (`up` starts its own; everything else needs
+    /// one).
+    pub fn database_url(&self) -> anyhow::Result<String> {
+        if self.database.url.is_empty() {
+            bail!(
+                "no database configured: set DATABASE_URL or database.url (or use `clickflow up`)"
+            );
+        }
+        Ok(self.database.url.clone())
+    }
+
     /// Loads `path` (or the default file when it exists), then env, then `--set` overrides.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> anyhow::Result<Config> {
         let mut value = match path {

@@ -1,23 +1,16 @@
 //! Clickflow: exact, self-correcting web analytics on Timely/Differential Dataflow.
 //!
-//! Data path: [`collector`] (HTTP ingest) → [`log`] (Kafka or embedded) → [`engine`]
-//! (timely job running `clickflow_dataflows`) → [`sink`] (Postgres, with offsets in the same
-//! transaction) → [`api`] (merchant queries). [`archive`] keeps the log past its retention.
+//! The folders follow the data path: [`ingest`] (HTTP collector) → [`log`] (Kafka or
+//! embedded) → [`engine`] (timely job running `clickflow_dataflows`, its Postgres sink,
+//! cluster supervisor, replay and erasure) → [`store`] (schema, retention, archive) →
+//! [`serve`] (the server process: query API, dashboard). [`local`] is `clickflow up`.
 
-pub mod api;
-pub mod archive;
-pub mod cluster;
-pub mod collector;
-pub mod compat;
 pub mod config;
-pub mod dashboard;
 pub mod engine;
-pub mod enrich;
-pub mod erase;
+pub mod http;
+pub mod ingest;
 pub mod local;
 pub mod log;
-pub mod metrics;
-pub mod query;
-pub mod sink;
+pub mod serve;
 pub mod store;
-pub mod tracker;
+pub mod telemetry;

@@ -9,7 +9,15 @@ use anyhow::{bail, Context};
 use rand::Rng;
 use serde_json::json;
 
-use crate::collector::Collector;
+use crate::config::Config;
+use crate::engine::start::start_live;
+use crate::engine::Outcome;
+use crate::ingest::Collector;
+use crate::log;
+use crate::serve::serve;
+use crate::store;
+use crate::store::archive::archiver::Archiver;
+use crate::store::archive::Archive;
 
 fn pg_bin(name: &str) -> anyhow::Result<PathBuf> {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -212,7 +220,7 @@ pub async fn demo_traffic(collector: Arc<Collector>, site: String) {
                 .collect();
             (agent, events)
         };
-        let sender = crate::collector::Sender {
+        let sender = crate::ingest::Sender {
             user_agent: agent.to_owned(),
             ..Default::default()
         };
@@ -221,4 +229,112 @@ pub async fn demo_traffic(collector: Arc<Collector>, site: String) {
             tracing::warn!(reason = %e.reason, "demo event refused");
         }
     }
+}
+
+/// The tag a merchant pastes. `up` serves only this machine, whose own test pages are on
+/// localhost, so its tag counts localhost pages too.
+pub fn script_tag(site: &str, collector: &str, local: bool) -> String {
+    let allow = if local { " data-allow-localhost" } else { "" };
+    format!(
+        r#"<script defer data-site="{site}"{allow} src="http://{collector}/js/clickflow.js"></script>"#
+    )
+}
+
+/// `clickflow up`: collector, query API, engine (restarted when it stops) and archiver (when
+/// configured) in one process with the embedded log; prints the URLs, the script tag and a
+/// curl to try.
+pub fn up(mut config: Config, demo: bool, workers: usize) -> anyhow::Result<()> {
+    // Local mode uses the country database install-deps fetched, unless told otherwise.
+    let bundled_geo = std::path::Path::new(".deps/geo/geo-whois-asn-country.mmdb");
+    if config.collector.geoip_db.as_os_str().is_empty() && bundled_geo.exists() {
+        config.collector.geoip_db = bundled_geo.to_path_buf();
+    }
+    let url = config.database.url.clone();
+    let mut client = store::connect(&url)?;
+    store::migrate(&mut client, &config.database)?;
+    let site = match store::site_of_domain(&mut client, "demo.local")? {
+        Some(s) => (s.id, s.api_key),
+        None => {
+            let s = store::add_site(&mut client, "demo.local", "UTC")?;
+            (s.id, s.api_key)
+        }
+    };
+    // Opened before the engine starts, so the engine always finds the log it reads.
+    let ingest_log = log::open(&config.log, log::Access::Append)?;
+    let engine_config = config.clone();
+    std::thread::spawn(move || loop {
+        let attempt = start_live(&engine_config, timely::Config::process(workers.max(1)));
+        match attempt {
+            Ok(Outcome::Retired) => tracing::info!("engine following the new generation"),
+            Ok(Outcome::Finished) => return,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "engine stopped; restarting in 2 s");
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+    });
+    if !config.archive.url.trim().is_empty() {
+        let archive_config = config.clone();
+        std::thread::spawn(move || loop {
+            let attempt = (|| -> anyhow::Result<()> {
+                let Some(store) = Archive::open(&archive_config.archive)? else {
+                    return Ok(());
+                };
+                let log = log::open(&archive_config.log, log::Access::Read)?;
+                let client = store::connect(&archive_config.database.url)?;
+                let mut archiver = Archiver::start(log, store, client, &archive_config.archive)?;
+                archiver.run(false, &std::sync::atomic::AtomicBool::new(false), |_| {})
+            })();
+            match attempt {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "archiver stopped; restarting in 10 s");
+                    std::thread::sleep(Duration::from_secs(10));
+                }
+            }
+        });
+    }
+    let listen = config.collector.listen.clone();
+    println!("Clickflow is up.");
+    println!(
+        "  collector:  POST http://{listen}/api/event   (site {})",
+        site.0
+    );
+    println!(
+        "  query API:  POST http://{listen}/api/v1/query  (Authorization: Bearer {})",
+        site.1
+    );
+    println!(
+        "  dashboard:  http://{listen}/sites/{}#key={}",
+        site.0, site.1
+    );
+    println!(
+        "  tracker:    {}\n              (paste it into a page served over http, e.g. by `python3 -m http.server`;\n              file: pages are not counted)",
+        script_tag(&site.0, &listen, true)
+    );
+    println!("  health:     http://{listen}/healthz    metrics: http://{listen}/metrics");
+    println!("  database:   {}", store::redact(&url));
+    if !config.archive.url.trim().is_empty() {
+        println!(
+            "  archive:    {} (Parquet, a file per partition and day or hour)",
+            config.archive.url
+        );
+    }
+    println!("Try:\n  curl -s -X POST http://{listen}/api/v1/query -H 'Authorization: Bearer {}' -H 'content-type: application/json' \\\n    -d '{{\"site_id\":\"{}\",\"metrics\":[\"pageviews\",\"visitors\",\"events\"],\"date_range\":[\"{}\",\"{}\"],\"dimensions\":[\"time:minute\"]}}'",
+        site.1, site.0, chrono::Utc::now().format("%Y-%m-%d"), chrono::Utc::now().format("%Y-%m-%d"));
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(serve(config, Some(ingest_log), Some(tx)));
+        if demo {
+            if let Ok(collector) = rx.await {
+                tokio::spawn(demo_traffic(collector, site.0.clone()));
+                println!("Demo traffic is flowing into site {}.", site.0);
+            }
+        }
+        tokio::select! {
+            r = server => r.map_err(|e| anyhow::anyhow!("server task: {e}"))?,
+            _ = tokio::signal::ctrl_c() => { println!("stopping"); Ok(()) }
+        }
+    })
 }

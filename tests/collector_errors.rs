@@ -340,15 +340,16 @@ fn what_real_clients_send_is_never_silently_lost() {
             .keys()
             .cloned()
             .collect::<std::collections::BTreeSet<_>>(),
-        ids(&["blank", "direct", "mp-1", "mp-2"])
+        ids(&["blank", "direct", "key:mp-1", "key:mp-2"]),
+        "events sent with the site's key are logged in its id namespace"
     );
-    assert_eq!(bots, ids(&["mp-3", "srv-1", "srv-2", "srv-3"]));
+    assert_eq!(bots, ids(&["key:mp-3", "srv-1", "srv-2", "srv-3"]));
     assert_eq!(
         events["direct"].referrer, None,
         "an empty referrer is direct traffic"
     );
     assert_eq!(events["blank"].referrer, None);
-    let mp1 = &events["mp-1"];
+    let mp1 = &events["key:mp-1"];
     assert_eq!(
         (
             mp1.client.device.as_str(),
@@ -362,10 +363,10 @@ fn what_real_clients_send_is_never_silently_lost() {
         mp1.country, "GB",
         "the visitor's IP, not the server's, gives the country"
     );
-    assert_eq!(events["mp-2"].client.browser, "Chrome");
-    assert_eq!(events["mp-2"].country, "DE");
+    assert_eq!(events["key:mp-2"].client.browser, "Chrome");
+    assert_eq!(events["key:mp-2"].country, "DE");
     assert_ne!(
-        mp1.visitor, events["mp-2"].visitor,
+        mp1.visitor, events["key:mp-2"].visitor,
         "visitors hash their own IP and user agent"
     );
     // Nothing the server said about itself or its visitors is kept verbatim.

@@ -312,7 +312,7 @@ fn write_history(
     seed: u64,
     now: i64,
 ) -> Vec<(usize, Value)> {
-    use clickflow::collector::visitor_id_hash;
+    use clickflow::ingest::visitor::visitor_id_hash;
     use clickflow::log::embedded::EmbeddedLog;
     use clickflow::log::{Append, Log};
     use clickflow_dataflows::{Event, Record};
@@ -498,12 +498,12 @@ fn read_through_archive(
     setup: &Setup,
     log: std::sync::Arc<dyn clickflow::log::Log>,
 ) -> Vec<clickflow::log::Record> {
-    use clickflow::archive::{ArchivedLog, Catalog};
     use clickflow::log::Log;
+    use clickflow::store::archive::{ArchivedLog, Catalog};
     let config = setup.config();
     let database = setup.database_url();
     let mut client = postgres::Client::connect(database, postgres::NoTls).unwrap();
-    let archive = clickflow::archive::Archive::open(&config.archive)
+    let archive = clickflow::store::archive::Archive::open(&config.archive)
         .unwrap()
         .unwrap();
     let catalog = Catalog::load(&mut client).unwrap();

@@ -17,9 +17,12 @@ fn wrong_keys_and_bad_queries_are_refused_with_reasons() {
     let _server = setup.spawn(&["serve"]);
     setup.wait_healthy();
     let url = setup.url("/api/v1/query");
+    // Days relative to today, inside the minute retention, so no answer depends on the date
+    // the suite runs.
+    let (d1, d2, d3, d5) = (day(-6), day(-5), day(-4), day(-2));
     let query = |over: serde_json::Value| {
         let mut q = json!({"site_id": site_a, "metrics": ["pageviews", "visitors"],
-                           "date_range": ["2026-11-01", "2026-11-03"], "dimensions": ["time:day"]});
+                           "date_range": [d1, d3], "dimensions": ["time:day"]});
         for (k, v) in over.as_object().unwrap() {
             q[k] = v.clone();
         }
@@ -39,15 +42,9 @@ fn wrong_keys_and_bad_queries_are_refused_with_reasons() {
             "unknown metric",
         ),
         (json!({"metrics": []}), "at least one metric"),
-        (
-            json!({"date_range": ["yesterday", "2026-11-03"]}),
-            "neither",
-        ),
-        (
-            json!({"date_range": ["2026-11-05", "2026-11-03"]}),
-            "before",
-        ),
-        (json!({"date_range": ["2026-11-05"]}), "[from, to]"),
+        (json!({"date_range": ["yesterday", d3]}), "neither"),
+        (json!({"date_range": [d5, d3]}), "before"),
+        (json!({"date_range": [d5]}), "[from, to]"),
         (json!({"date_range": "fortnight"}), "unknown preset"),
         (json!({"compare": "last_year"}), "unknown comparison"),
         (json!({"dimensions": ["time:year"]}), "time:week"),
@@ -61,21 +58,21 @@ fn wrong_keys_and_bad_queries_are_refused_with_reasons() {
             "filters",
         ),
         (
-            json!({"dimensions": [], "metrics": ["visitors"], "date_range": ["2026-11-01", "2026-11-01"],
+            json!({"dimensions": [], "metrics": ["visitors"], "date_range": [d1, d1],
                    "filters": [["country", "is", ["FR", "US"]]]}),
             "not a sum",
         ),
         (
-            json!({"date_range": ["0001-01-01", "2026-11-03"]}),
+            json!({"date_range": ["0001-01-01", d3]}),
             "outside 1970-9999",
         ),
         (
             json!({"dimensions": [], "metrics": ["visitors"],
-                   "date_range": ["2026-11-01T00:00:30Z", "2026-11-01T00:10:00Z"]}),
+                   "date_range": [format!("{d1}T00:00:30Z"), format!("{d1}T00:10:00Z")]}),
             "visitors over a range",
         ),
         (
-            json!({"dimensions": ["time:minute"], "date_range": ["2026-01-01", "2026-12-31"]}),
+            json!({"dimensions": ["time:minute"], "date_range": [day(-360), day(0)]}),
             "buckets",
         ),
     ];
@@ -107,14 +104,14 @@ fn wrong_keys_and_bad_queries_are_refused_with_reasons() {
         .iter()
         .map(|r| r["dimensions"][0].as_str().unwrap())
         .collect();
-    assert_eq!(days, vec!["2026-11-01", "2026-11-02", "2026-11-03"]);
+    assert_eq!(days, vec![d1.as_str(), d2.as_str(), d3.as_str()]);
     assert_eq!(body["results"][0]["metrics"], json!([0, 0]));
     assert_eq!(body["meta"]["time_zone"], json!("Europe/Paris"));
     assert_eq!(body["meta"]["generation"], json!(1));
     // Totals over one day may include visitors: one bucket, an exact distinct count.
     let (status, body) = post(
         &url,
-        &query(json!({"dimensions": [], "date_range": ["2026-11-02", "2026-11-02"]})),
+        &query(json!({"dimensions": [], "date_range": [d2, d2]})),
         Some(&key_a),
     );
     assert_eq!(status, 200, "{body}");

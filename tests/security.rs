@@ -468,7 +468,7 @@ fn raw_ips_and_user_agents_never_reach_the_log_the_archive_or_postgres() {
             continue;
         };
         parquet_files += 1;
-        let mut cursor = clickflow::archive::format::FileCursor::open(
+        let mut cursor = clickflow::store::archive::format::FileCursor::open(
             std::fs::File::open(&path).unwrap(),
             partition,
         )
@@ -525,4 +525,163 @@ fn raw_ips_and_user_agents_never_reach_the_log_the_archive_or_postgres() {
         (true, true),
         "the page is found in (log, Postgres)"
     );
+}
+
+/// Revenue is changed only by the site's server. A refund needs the site's key, and events
+/// sent with the key live in an id namespace of their own: an anonymous sender can neither
+/// refund an order nor post a fake purchase under a real order's number ahead of it (the
+/// real one would have counted as its duplicate).
+#[test]
+fn only_the_sites_server_refunds_or_names_its_orders() {
+    let running = running_site("shop.test");
+    let (setup, site, key) = (&running.setup, &running.site, &running.key);
+    let url = setup.url("/api/event");
+    let purchase = |id: &str, amount: &str| {
+        json!({"site": site, "name": "purchase", "url": "https://shop.test/thanks", "event_id": id,
+               "visitor_id": "buyer", "revenue": {"amount": amount, "currency": "EUR"}})
+    };
+    let refund = |of: &str| {
+        json!({"site": site, "name": "refund", "event_id": format!("refund-{of}"), "refund_of": of,
+               "visitor_id": "buyer"})
+    };
+    let server = "python-requests/2.31.0";
+
+    // (A server's purchases name the visitor's browser, or they would count as bot hits;
+    // here the header does.)
+    let (status, body) = post(&url, &purchase("T-1001", "10.00"), Some(key));
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        body["event_id"],
+        json!("T-1001"),
+        "ids are answered as sent"
+    );
+    refused("an anonymous refund", post(&url, &refund("T-1001"), None));
+    refused(
+        "a refund with another key",
+        post_as(&url, &refund("T-1001"), Some("cfk_wrong"), server),
+    );
+    // A fake purchase posted first under the next order's number counts as what it is, an
+    // anonymous purchase; the real order still counts.
+    let (status, body) = post(&url, &purchase("T-1002", "1.00"), None);
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = post(&url, &purchase("T-1002", "50.00"), Some(key));
+    assert_eq!(status, 202, "{body}");
+    // The keyed namespace is not writable anonymously.
+    let (status, body) = post(&url, &purchase("key:T-1003", "5.00"), None);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("reserved"),
+        "{body}"
+    );
+    // The server's refund takes its order back.
+    let (status, body) = post_as(&url, &refund("T-1001"), Some(key), server);
+    assert_eq!(status, 202, "{body}");
+    await_rollups(
+        setup,
+        site,
+        key,
+        &[(
+            "total_revenue",
+            &["goal", "currency"],
+            expect(&[("purchase EUR", "51")]),
+        )],
+    );
+}
+
+/// With `api.listen` set, the public listener serves ingest and its health probe, nothing
+/// else: queries, share links, the dashboard, admin actions and metrics answer only on the
+/// API's own listener.
+#[test]
+fn a_separate_api_listener_takes_the_api_off_the_public_one() {
+    let db = fresh_database();
+    let scratch = tempfile::tempdir().unwrap();
+    let api_listen = format!("127.0.0.1:{}", free_port());
+    let setup = Setup::embedded(&db, scratch.path().join("log"))
+        .with("CLICKFLOW__API__LISTEN", &format!("{api_listen:?}"))
+        .with("CLICKFLOW__API__ADMIN_TOKEN", &format!("{ADMIN:?}"));
+    setup.run(&["migrate"]);
+    let (site, key) = setup.add_site("apart.test", "UTC");
+    let _server = setup.spawn(&["serve"]);
+    setup.wait_healthy();
+    let api_url = |p: &str| format!("http://{api_listen}{p}");
+    let query = json!({"site_id": site, "metrics": ["pageviews"], "date_range": "7d"});
+
+    let (status, body) = post(
+        &setup.url("/api/event"),
+        &json!({"site": site, "name": "pageview", "url": "https://apart.test/"}),
+        None,
+    );
+    assert_eq!(status, 202, "ingest stays public: {body}");
+    let public_only = [
+        ("POST", "/api/v1/query"),
+        ("GET", &format!("/api/v1/realtime?site_id={site}")),
+        ("POST", &format!("/api/v1/shares?site_id={site}")),
+        ("GET", "/metrics"),
+        ("GET", &format!("/sites/{site}")),
+        ("GET", &format!("/api/v1/admin/erasures?site_id={site}")),
+    ];
+    for (method, path) in public_only {
+        let (status, body) = request(method, &setup.url(path), Some(&query), Some(&key));
+        assert_eq!(
+            status, 404,
+            "{method} {path} on the public listener: {body}"
+        );
+    }
+    let (status, body) = post(&api_url("/api/v1/query"), &query, Some(&key));
+    assert_eq!(status, 200, "the API listener answers queries: {body}");
+    let (status, _) = request("GET", &api_url("/metrics"), None, None);
+    assert_eq!(status, 200, "metrics on the API listener");
+    let (status, _) = request("GET", &setup.url("/healthz"), None, None);
+    assert_eq!(status, 200, "the public health probe");
+}
+
+/// When Postgres is down, anonymous clients learn that they should retry, not the
+/// database's error text (addresses, users, SQL); the operator finds it in the log.
+#[test]
+fn database_errors_stay_in_the_log() {
+    let db = fresh_database();
+    let scratch = tempfile::tempdir().unwrap();
+    let setup = Setup::embedded(&db, scratch.path().join("log"));
+    setup.run(&["migrate"]);
+    let (site, key) = setup.add_site("down.test", "UTC");
+    // The same server, but a database name that does not exist, and then a closed port.
+    let server = db.rsplit_once('/').unwrap().0;
+    let closed = format!("postgres://nobody@127.0.0.1:{}/none", free_port());
+    for url in [format!("{server}/no_such_database_x"), closed] {
+        let down = setup.clone().with("DATABASE_URL", &url);
+        let _server = down.spawn(&["serve"]);
+        let answered = eventually(Duration::from_secs(30), || {
+            reqwest::blocking::get(down.url("/js/clickflow.js")).ok()
+        });
+        assert!(answered.is_some(), "serve starts without its database");
+        let replies = [
+            post(
+                &down.url("/api/event"),
+                &json!({"site": site, "name": "pageview", "url": "https://down.test/"}),
+                None,
+            ),
+            post(
+                &down.url("/api/v1/query"),
+                &json!({"site_id": site, "metrics": ["pageviews"], "date_range": "7d"}),
+                Some(&key),
+            ),
+            request("GET", &down.url("/healthz"), None, None),
+        ];
+        for (status, body) in replies {
+            assert_eq!(status, 503, "{url}: {body}");
+            let reason = body["error"].as_str().unwrap_or_default().to_lowercase();
+            assert!(!reason.is_empty(), "a reason: {body}");
+            for internal in [
+                "db error",
+                "no_such_database",
+                "connection refused",
+                "127.0.0.1",
+                "nobody",
+                "postgres",
+                "error connecting",
+            ] {
+                assert!(!reason.contains(internal), "{url}: {internal:?} in {body}");
+            }
+        }
+    }
 }

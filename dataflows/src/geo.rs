@@ -3,9 +3,8 @@
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::visit_breakdown;
+use crate::family::{Family, Inputs};
 use crate::metric::Row;
-use crate::pipeline::Inputs;
-use crate::registry::Family;
 use crate::settings::Settings;
 use crate::symbol::Sym;
 use crate::visits::Visit;
@@ -13,6 +12,8 @@ use crate::visits::Visit;
 pub const FAMILY: Family = Family {
     name: "geo",
     metrics: &["visitors", "visitors_hll", "visits"],
+    distinct: &["visitors"],
+    derived: &[],
     dimensions: &["country"],
     build,
 };
@@ -39,5 +40,5 @@ pub(crate) mod tests {
         oracle_visit_breakdown(o, "geo", expected_dimensions, false)
     }
 
-    oracle_property!(geo_equal_oracle_at_every_epoch, "geo", oracle);
+    oracle_property!(geo_equal_oracle_at_every_epoch, &super::FAMILY, oracle);
 }

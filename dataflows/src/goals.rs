@@ -7,16 +7,23 @@ use differential_dataflow::collection::concatenate;
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::{count_rows, visitor_rows};
+use crate::family::{Denominator, Derived, Family, Inputs};
 use crate::hit::Hit;
 use crate::metric::{Row, RowKey, VISIT_GRANULARITIES};
-use crate::pipeline::Inputs;
-use crate::registry::Family;
 use crate::settings::Settings;
 use crate::symbol::Sym;
 
 pub const FAMILY: Family = Family {
     name: "goals",
     metrics: &["conversions", "visitors", "visitors_hll"],
+    distinct: &["visitors"],
+    derived: &[Derived {
+        name: "conversion_rate",
+        numerator: "visitors",
+        denominator: Denominator::Total("traffic", "visitors"),
+        scale: 100.0,
+        decimals: 1,
+    }],
     dimensions: &["goal", "goal,prop:*"],
     build,
 };
@@ -96,5 +103,5 @@ pub(crate) mod tests {
         put.rows()
     }
 
-    oracle_property!(goals_equal_oracle_at_every_epoch, "goals", oracle);
+    oracle_property!(goals_equal_oracle_at_every_epoch, &FAMILY, oracle);
 }

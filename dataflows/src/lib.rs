@@ -1,6 +1,7 @@
 //! Clickflow's metric families. Each family is one file holding its dataflow and its oracle
-//! test; [`registry::FAMILIES`] lists them. The shared stages (expiry, erasure, dedupe,
-//! enrichment, sessionization) live in [`pipeline`]; [`aggregate`] has the building blocks.
+//! test, written against [`family::Family`] and [`family::Inputs`]; [`registry::FAMILIES`]
+//! lists them. The shared stages (expiry, erasure, dedupe, enrichment, sessionization) live
+//! in [`pipeline`]; [`aggregate`] has the building blocks.
 //! Inside the dataflow all text is interned ([`symbol::Sym`]); rows become text at the end.
 
 pub mod aggregate;
@@ -9,6 +10,7 @@ pub mod aggregate;
 mod devices;
 pub mod enrich;
 pub mod event;
+pub mod family;
 pub mod hit;
 pub mod metric;
 pub mod pipeline;

@@ -7,7 +7,6 @@ use clickflow_operators::time::{bucket_of, seal_time, Bucket, Granularity};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::registry::Family;
 use crate::symbol::{Dictionary, Sym};
 use crate::uniques;
 
@@ -112,11 +111,11 @@ pub struct Rollups {
 }
 
 impl Rollups {
-    pub fn new(seal_lateness_ms: u64, families: &[&Family]) -> Rollups {
-        let mut metrics: Vec<(Sym, &'static str, bool)> = families
-            .iter()
-            .flat_map(|f| f.metrics.iter())
-            .map(|m| (Sym::of(m), *m, m.ends_with(SKETCH_SUFFIX)))
+    /// The model of rows holding `metrics` (every name the families emit; repeats are fine).
+    pub fn new(seal_lateness_ms: u64, metrics: impl IntoIterator<Item = &'static str>) -> Rollups {
+        let mut metrics: Vec<(Sym, &'static str, bool)> = metrics
+            .into_iter()
+            .map(|m| (Sym::of(m), m, m.ends_with(SKETCH_SUFFIX)))
             .collect();
         metrics.sort_unstable();
         metrics.dedup();

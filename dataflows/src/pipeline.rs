@@ -1,5 +1,6 @@
 //! The stages every family shares: expiry of sealed state, erasure, deduplication by event
-//! id, enrichment and sessionization. Families read the result as [`Inputs`].
+//! id, enrichment and sessionization. Families read the result as [`Inputs`]; which
+//! families run is the caller's choice ([`crate::registry::metrics`] runs them all).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -24,40 +25,11 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::Stream;
 
 use crate::event::Record;
+use crate::family::{Family, Inputs};
 use crate::hit::{Bot, Hit};
 use crate::metric::{visit_rows_open_until, Cell, Measure, MetricKey, Rollups, RowKey, Settled};
-use crate::registry::{Family, FAMILIES};
 use crate::settings::Settings;
 use crate::symbol::{Dictionary, Interner, Sym};
-use crate::visits::{visits, Visit};
-
-/// What every family builds on. All collections are over ingest time and already free of
-/// duplicates, erased visitors and state of sealed days.
-///
-/// Hits and visits are shared (`Arc`): every family reads them, and a stream with many
-/// readers hands each its own copy.
-pub struct Inputs<'s> {
-    /// Pageviews and custom events (refunds are not visitor activity and live apart).
-    pub hits: VecCollection<'s, u64, Arc<Hit>>,
-    /// `refund` events; `refund_of` names the purchase they take back.
-    pub refunds: VecCollection<'s, u64, Arc<Hit>>,
-    /// Hits the collector recognised as bots.
-    pub bots: VecCollection<'s, u64, Bot>,
-    /// Visits rebuilt from `hits`, once a family asks for them ([`Inputs::visits`]).
-    visits: RefCell<Option<VecCollection<'s, u64, Arc<Visit>>>>,
-    settings: Settings,
-}
-
-impl<'s> Inputs<'s> {
-    /// Visits rebuilt from `hits`. Sessionizing is built on the first call only: a job whose
-    /// families read no visits (traffic, goals, revenue) does not pay for it.
-    pub fn visits(&self) -> VecCollection<'s, u64, Arc<Visit>> {
-        self.visits
-            .borrow_mut()
-            .get_or_insert_with(|| visits(self.hits.clone(), &self.settings).map(Arc::new))
-            .clone()
-    }
-}
 
 /// The ingest time after which no row needs a record of event time `ts` any more. All records
 /// of a day share it (a visit is rebuilt from all of its day's events, so none may leave
@@ -180,14 +152,7 @@ pub fn prepare<'s>(
         .expire_at(move |b| expiry_time(day_seal_time(b.ts, b.zone.tz(), &seal), b.id));
     let refunds = kept.clone().filter(|h| h.is_refund());
     let hits = kept.filter(|h| !h.is_refund());
-    let inputs = Inputs {
-        hits,
-        refunds,
-        bots,
-        visits: RefCell::new(None),
-        settings: settings.clone(),
-    };
-    (inputs, words)
+    (Inputs::new(hits, refunds, bots, settings), words)
 }
 
 /// Every family's rows, shaped for the sink, and the dictionary that renders them: the sink
@@ -221,23 +186,8 @@ impl<'s> Rollup<'s> {
     }
 }
 
-/// Everything downstream of the source: the shared stages and every registered family.
-pub fn metrics<'s>(records: VecCollection<'s, u64, Record>, settings: &Settings) -> Rollup<'s> {
-    metrics_of(records, settings, |_| true)
-}
-
-/// As [`metrics`], with only the registered families `include` accepts (benchmarks and
-/// diagnosis).
-pub fn metrics_of<'s>(
-    records: VecCollection<'s, u64, Record>,
-    settings: &Settings,
-    include: impl Fn(&Family) -> bool,
-) -> Rollup<'s> {
-    let families = FAMILIES.iter().filter(|f| include(f)).collect();
-    metrics_with(records, settings, families)
-}
-
-/// As [`metrics`], with exactly `families` (registered or not: tests of examples).
+/// Everything downstream of the source: the shared stages and exactly `families`
+/// (registered or not: tests of examples; [`crate::registry::metrics`] passes them all).
 pub fn metrics_with<'s>(
     records: VecCollection<'s, u64, Record>,
     settings: &Settings,
@@ -267,7 +217,10 @@ pub fn metrics_with<'s>(
         rows: open,
         learned: learn(words, dictionary.clone()),
         dictionary,
-        model: Rollups::new(lateness, &families),
+        model: Rollups::new(
+            lateness,
+            families.iter().flat_map(|f| f.metrics.iter().copied()),
+        ),
     }
 }
 

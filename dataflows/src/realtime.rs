@@ -7,15 +7,16 @@ use clickflow_operators::time::{Bucket, Granularity};
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::count_distinct_rows;
+use crate::family::{Family, Inputs};
 use crate::metric::{Row, RowKey, TIMELESS_END_MS};
-use crate::pipeline::Inputs;
-use crate::registry::Family;
 use crate::settings::Settings;
 use crate::symbol::Sym;
 
 pub const FAMILY: Family = Family {
     name: "realtime",
     metrics: &["current_visitors"],
+    distinct: &["current_visitors"],
+    derived: &[],
     dimensions: &[""],
     build,
 };
@@ -70,5 +71,5 @@ pub(crate) mod tests {
         put.rows()
     }
 
-    oracle_property!(realtime_equals_oracle_at_every_epoch, "realtime", oracle);
+    oracle_property!(realtime_equals_oracle_at_every_epoch, &FAMILY, oracle);
 }

@@ -7,15 +7,31 @@ use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::sums_rows;
+use crate::family::{Denominator, Derived, Family, Inputs};
 use crate::metric::{Row, RowKey, VISIT_GRANULARITIES};
-use crate::pipeline::Inputs;
-use crate::registry::Family;
 use crate::settings::Settings;
 use crate::symbol::Sym;
 
 pub const FAMILY: Family = Family {
     name: "revenue",
     metrics: &["revenue_micros", "revenue_events"],
+    distinct: &[],
+    derived: &[
+        Derived {
+            name: "total_revenue",
+            numerator: "revenue_micros",
+            denominator: Denominator::Amount,
+            scale: 0.000_001,
+            decimals: 2,
+        },
+        Derived {
+            name: "average_revenue",
+            numerator: "revenue_micros",
+            denominator: Denominator::Metric("revenue_events"),
+            scale: 0.000_001,
+            decimals: 2,
+        },
+    ],
     dimensions: &["goal,currency"],
     build,
 };
@@ -96,5 +112,5 @@ pub(crate) mod tests {
         put.rows()
     }
 
-    oracle_property!(revenue_equals_oracle_at_every_epoch, "revenue", oracle);
+    oracle_property!(revenue_equals_oracle_at_every_epoch, &FAMILY, oracle);
 }

@@ -6,15 +6,38 @@ use clickflow_operators::time::{bucket_of, Bucket};
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::sums_rows;
+use crate::family::{Denominator, Derived, Family, Inputs};
 use crate::metric::{visit_rows_open_until, Row, RowKey, VISIT_GRANULARITIES};
-use crate::pipeline::Inputs;
-use crate::registry::Family;
 use crate::settings::Settings;
 use crate::symbol::Sym;
 
 pub const FAMILY: Family = Family {
     name: "sessions",
     metrics: &["visits", "bounces", "visit_duration_ms", "visit_pageviews"],
+    distinct: &[],
+    derived: &[
+        Derived {
+            name: "bounce_rate",
+            numerator: "bounces",
+            denominator: Denominator::Metric("visits"),
+            scale: 100.0,
+            decimals: 1,
+        },
+        Derived {
+            name: "visit_duration",
+            numerator: "visit_duration_ms",
+            denominator: Denominator::Metric("visits"),
+            scale: 0.001,
+            decimals: 1,
+        },
+        Derived {
+            name: "views_per_visit",
+            numerator: "visit_pageviews",
+            denominator: Denominator::Metric("visits"),
+            scale: 1.0,
+            decimals: 2,
+        },
+    ],
     dimensions: &[""],
     build,
 };
@@ -83,5 +106,5 @@ pub(crate) mod tests {
         put.rows()
     }
 
-    oracle_property!(sessions_equal_oracle_at_every_epoch, "sessions", oracle);
+    oracle_property!(sessions_equal_oracle_at_every_epoch, &FAMILY, oracle);
 }

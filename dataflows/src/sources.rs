@@ -4,9 +4,8 @@
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::visit_breakdown;
+use crate::family::{Family, Inputs};
 use crate::metric::Row;
-use crate::pipeline::Inputs;
-use crate::registry::Family;
 use crate::settings::Settings;
 use crate::symbol::Sym;
 use crate::visits::Visit;
@@ -14,6 +13,8 @@ use crate::visits::Visit;
 pub const FAMILY: Family = Family {
     name: "sources",
     metrics: &["visitors", "visitors_hll", "visits", "bounces"],
+    distinct: &["visitors"],
+    derived: &[],
     dimensions: &[
         "source",
         "referrer",
@@ -75,5 +76,5 @@ pub(crate) mod tests {
         oracle_visit_breakdown(o, "sources", expected_dimensions, true)
     }
 
-    oracle_property!(sources_equal_oracle_at_every_epoch, "sources", oracle);
+    oracle_property!(sources_equal_oracle_at_every_epoch, &super::FAMILY, oracle);
 }

@@ -4,9 +4,8 @@
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::visit_breakdown;
+use crate::family::{Family, Inputs};
 use crate::metric::Row;
-use crate::pipeline::Inputs;
-use crate::registry::Family;
 use crate::settings::Settings;
 use crate::symbol::Sym;
 use crate::visits::Visit;
@@ -14,6 +13,8 @@ use crate::visits::Visit;
 pub const FAMILY: Family = Family {
     name: "tech",
     metrics: &["visitors", "visitors_hll", "visits"],
+    distinct: &["visitors"],
+    derived: &[],
     dimensions: &["device", "browser", "browser_version", "os", "os_version"],
     build,
 };
@@ -60,5 +61,5 @@ pub(crate) mod tests {
         oracle_visit_breakdown(o, "tech", expected_dimensions, false)
     }
 
-    oracle_property!(tech_equal_oracle_at_every_epoch, "tech", oracle);
+    oracle_property!(tech_equal_oracle_at_every_epoch, &super::FAMILY, oracle);
 }

@@ -15,12 +15,9 @@ use timely::dataflow::operators::ToStream;
 
 use crate::enrich::{Source, TextHit as Hit};
 use crate::event::{BotHit, Client, Erasure, Event, Record, Revenue};
+use crate::family::Family;
 use crate::metric::{Cell, MetricKey};
 use crate::pipeline::metrics_with;
-use crate::registry::{Family, FAMILIES};
-
-/// Families that are not registered but tested like the rest: the README's worked example.
-pub static EXAMPLES: &[Family] = &[crate::devices::FAMILY];
 use crate::settings::Settings;
 use crate::symbol::fingerprint;
 
@@ -238,7 +235,7 @@ pub struct Oracle {
 }
 
 impl Oracle {
-    fn at(stream: &[(Record, u64)], now: Option<u64>, settings: &Settings) -> Oracle {
+    pub fn at(stream: &[(Record, u64)], now: Option<u64>, settings: &Settings) -> Oracle {
         let arrived = stream.iter().filter(|(_, t)| now.is_none_or(|n| *t < n));
         let mut least: HashMap<(String, String), (u64, i64, u64, Event)> = HashMap::new();
         let mut erased: HashSet<(String, u64)> = HashSet::new();
@@ -441,15 +438,10 @@ pub fn oracle_visits(hits: &[Hit], timeout: i64) -> Vec<OracleVisit> {
 /// the value the oracle gave it when it sealed, whatever arrives later.
 pub fn check_every_epoch(
     stream: &[(Record, u64)],
-    family: &str,
+    family: &'static Family,
     oracle: fn(&Oracle) -> BTreeMap<MetricKey, i64>,
 ) {
-    let under_test: &'static Family = FAMILIES
-        .iter()
-        .chain(EXAMPLES)
-        .find(|f| f.name == family)
-        .unwrap_or_else(|| panic!("no family {family:?}"));
-    check_families_every_epoch(stream, vec![under_test], oracle);
+    check_families_every_epoch(stream, vec![family], oracle);
 }
 
 /// As [`check_every_epoch`], for several families at once: the whole table the sink holds
@@ -605,62 +597,4 @@ pub fn assert_same_rows(
         want.len(),
         diffs.iter().take(8).cloned().collect::<Vec<_>>().join("\n")
     );
-}
-
-#[cfg(test)]
-mod whole_table {
-    use super::*;
-
-    type FamilyOracle = fn(&Oracle) -> BTreeMap<MetricKey, i64>;
-
-    /// Every family's oracle, merged: the complete rollups table.
-    fn all_oracles(o: &Oracle) -> BTreeMap<MetricKey, i64> {
-        let oracles: [FamilyOracle; 9] = [
-            crate::traffic::tests::oracle,
-            crate::sessions::tests::oracle,
-            crate::pages::tests::oracle,
-            crate::sources::tests::oracle,
-            crate::tech::tests::oracle,
-            crate::geo::tests::oracle,
-            crate::goals::tests::oracle,
-            crate::revenue::tests::oracle,
-            crate::realtime::tests::oracle,
-        ];
-        assert_eq!(
-            oracles.len(),
-            FAMILIES.len(),
-            "a family without its oracle here"
-        );
-        let mut all = BTreeMap::new();
-        for oracle in oracles {
-            for (k, v) in oracle(o) {
-                assert!(
-                    all.insert(k.clone(), v).is_none(),
-                    "two families claim {k:?}"
-                );
-            }
-        }
-        all
-    }
-
-    /// A fixed seeded stream (four sites in four zones, late, retried, re-stamped, erased,
-    /// refunded, bots) through every registered family at once: after every epoch the complete
-    /// table equals the merged oracles, so families neither miss rows nor write each other's.
-    #[test]
-    fn the_complete_table_equals_an_independent_computation() {
-        let stream = random_stream(20_261_125, 1_500);
-        let erasures = stream
-            .iter()
-            .filter(|(r, _)| matches!(r, Record::Erase(_)))
-            .count();
-        let refunds = stream
-            .iter()
-            .filter(|(r, _)| matches!(r, Record::Event(e) if e.refund_of.is_some()))
-            .count();
-        assert!(
-            erasures > 10 && refunds > 10,
-            "the stream has erasures and refunds"
-        );
-        check_families_every_epoch(&stream, FAMILIES.iter().collect(), all_oracles);
-    }
 }

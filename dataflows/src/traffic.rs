@@ -9,9 +9,8 @@ use differential_dataflow::collection::concatenate;
 use differential_dataflow::VecCollection;
 
 use crate::aggregate::{count_distinct_rows, count_rows, sums_rows, visitor_rows};
+use crate::family::{Family, Inputs};
 use crate::metric::{Row, RowKey};
-use crate::pipeline::Inputs;
-use crate::registry::Family;
 use crate::settings::Settings;
 use crate::symbol::Sym;
 
@@ -24,6 +23,8 @@ pub const FAMILY: Family = Family {
         "visitors_hll",
         "bot_events",
     ],
+    distinct: &["visitors"],
+    derived: &[],
     dimensions: &[""],
     build,
 };
@@ -107,5 +108,5 @@ pub(crate) mod tests {
         put.rows()
     }
 
-    oracle_property!(traffic_equals_oracle_at_every_epoch, "traffic", oracle);
+    oracle_property!(traffic_equals_oracle_at_every_epoch, &FAMILY, oracle);
 }

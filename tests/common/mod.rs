@@ -60,6 +60,14 @@ pub fn fresh_topic(partitions: u32) -> (String, String) {
     (brokers, topic)
 }
 
+/// The UTC date `offset` days from today, as `YYYY-MM-DD`: tests name days relative to the
+/// clock, never fixed dates that retention and lateness windows move past.
+pub fn day(offset: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::days(offset))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")

@@ -134,6 +134,41 @@ pub fn render() -> String {
         .unwrap_or_default()
 }
 
+/// `/metrics` and `/healthz` of an engine process, on a small runtime of their own so the
+/// timely workers keep both cores' worth of threads to themselves.
+pub fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    use warp::Filter;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let metrics = warp::path!("metrics").map(|| {
+                warp::reply::with_header(render(), "content-type", "text/plain; version=0.0.4")
+            });
+            let health = warp::path!("healthz").map(|| {
+                warp::reply::json(&serde_json::json!({
+                    "status": "ok",
+                    "committed_frontier_ms": SINK_FRONTIER.get(),
+                }))
+            });
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => {
+                    warp::serve(warp::get().and(metrics.or(health)))
+                        .incoming(l)
+                        .run()
+                        .await
+                }
+                Err(e) => tracing::error!(error = %e, "metrics listener"),
+            }
+        })
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -21,7 +21,7 @@ use super::format::FileWriter;
 use super::{file_name, first_offset_of, partition_dir, Archive};
 use crate::config::ArchiveConfig;
 use crate::log::{Log, Record};
-use crate::metrics;
+use crate::telemetry;
 
 const DAY_MS: i64 = 86_400_000;
 /// Held on the archiver's connection: two archivers would race for the same offsets.
@@ -284,9 +284,9 @@ impl Archiver {
         self.archived.files += 1;
         self.archived.records += file.records;
         self.archived.bytes += bytes;
-        metrics::ARCHIVE_RECORDS.inc_by(file.records);
-        metrics::ARCHIVE_BYTES.inc_by(bytes);
-        metrics::ARCHIVE_OFFSET
+        telemetry::ARCHIVE_RECORDS.inc_by(file.records);
+        telemetry::ARCHIVE_BYTES.inc_by(bytes);
+        telemetry::ARCHIVE_OFFSET
             .with_label_values(&[&p.to_string()])
             .set(end as i64);
         tracing::info!(partition = p, first = file.first_offset, end, records = file.records, bytes, file = %name, "archived");

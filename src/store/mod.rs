@@ -6,6 +6,9 @@
 //! `generation` lets a replay build corrected results beside the live ones and switch
 //! readers over in one transaction (`active_generation`).
 
+pub mod archive;
+pub mod retention;
+
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
@@ -507,6 +510,21 @@ pub fn add_site(client: &mut Client, domain: &str, time_zone: &str) -> anyhow::R
         &[&site.id, &site.domain, &site.time_zone, &site.api_key],
     )?;
     Ok(site)
+}
+
+/// The oldest site registered for exactly `domain`, if any.
+pub fn site_of_domain(client: &mut Client, domain: &str) -> anyhow::Result<Option<Site>> {
+    let row = client.query_opt(
+        "SELECT id, domain, time_zone, api_key FROM sites WHERE domain = $1
+          ORDER BY created_at, id LIMIT 1",
+        &[&domain],
+    )?;
+    Ok(row.map(|r| Site {
+        id: r.get(0),
+        domain: r.get(1),
+        time_zone: r.get(2),
+        api_key: r.get(3),
+    }))
 }
 
 pub fn active_generation(client: &mut impl GenericClient) -> anyhow::Result<i32> {

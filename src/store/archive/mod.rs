@@ -8,6 +8,7 @@
 //! exact offset where the archive ends.
 
 pub mod archiver;
+pub mod cli;
 pub mod format;
 mod read;
 
@@ -339,4 +340,16 @@ impl Catalog {
     pub fn all(&self) -> impl Iterator<Item = &ArchivedFile> {
         self.files.values().flatten()
     }
+}
+
+/// How far the archive has committed each partition (the next offset it will write): what
+/// the log may drop.
+pub async fn archived_until(client: &tokio_postgres::Client) -> anyhow::Result<BTreeMap<u32, u64>> {
+    let rows = client
+        .query("SELECT partition, next_offset FROM archive_progress", &[])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1) as u64))
+        .collect())
 }

@@ -202,8 +202,8 @@ impl Transaction<MetricKey, Cell> for PgSink {
                 self.client = None;
             }
         } else {
-            crate::metrics::SINK_ROWS.inc_by((batch.upserts.len() + batch.deletes.len()) as u64);
-            crate::metrics::SINK_FRONTIER.set(batch.frontier.min(i64::MAX as u64) as i64);
+            crate::telemetry::SINK_ROWS.inc_by((batch.upserts.len() + batch.deletes.len()) as u64);
+            crate::telemetry::SINK_FRONTIER.set(batch.frontier.min(i64::MAX as u64) as i64);
         }
         result
     }

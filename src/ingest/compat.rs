@@ -4,7 +4,11 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::collector::Refusal;
+use std::collections::HashMap;
+
+use super::refusal::{Refusal, Sender};
+use super::sites::check_key;
+use super::Collector;
 
 /// Whether an event posted to `/api/event` is in Plausible's shape: no `site`, and the
 /// `domain` (or the script's short `d`) that Plausible finds sites by.
@@ -248,6 +252,62 @@ fn ga4_event(
         }
     }
     Ok(Value::Object(out))
+}
+
+/// Plausible's shape, one event per domain it names, in Clickflow's.
+pub async fn translate_plausible(c: &Collector, raw: &Value) -> Result<Vec<Value>, Refusal> {
+    let plausible = from_plausible(raw)?;
+    let mut events = Vec::with_capacity(plausible.domains.len());
+    for domain in &plausible.domains {
+        let site = c
+            .sites
+            .site_of_domain(domain)
+            .await?
+            .ok_or_else(|| Refusal {
+                status: 404,
+                field: Some("domain"),
+                reason: format!("no site is registered for domain {domain:?}"),
+            })?;
+        let mut event = plausible.event.clone();
+        event.insert("site".into(), json!(site));
+        events.push(Value::Object(event));
+    }
+    Ok(events)
+}
+
+/// GA4's Measurement Protocol: `measurement_id` is the site's tracking id and
+/// `api_secret` its API key, which lets the request speak for its visitors.
+pub async fn translate_ga4(
+    c: &Collector,
+    query: &HashMap<String, String>,
+    body: &Value,
+    sender: &mut Sender,
+) -> Result<Vec<Result<Value, Refusal>>, Refusal> {
+    let param = |name: &'static str| {
+        query
+            .get(name)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| Refusal {
+                status: 401,
+                field: Some(name),
+                reason: format!("{name} is required in the query string"),
+            })
+    };
+    let site = param("measurement_id")?;
+    let secret = param("api_secret")?;
+    let info = c.sites.site(site).await?.ok_or_else(|| Refusal {
+        status: 404,
+        field: Some("measurement_id"),
+        reason: format!("unknown site {site:?} (measurement_id is the tracking id)"),
+    })?;
+    check_key(site, &info, secret).map_err(|mut r| {
+        r.field = Some("api_secret");
+        r.reason = format!("api_secret is not the API key of site {site:?}");
+        r
+    })?;
+    sender.api_key = Some(secret.clone());
+    sender.server = true;
+    from_ga4(body, site)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `GET /js/clickflow.js`: the tracker a merchant puts on their pages, built into the binary.
 //!
-//! The source (`src/web/clickflow.js`) is kept readable; what is served has its full-line
+//! The source (`src/ingest/tracker.js`) is kept readable; what is served has its full-line
 //! comments, indentation and blank lines removed, and is gzipped once at start for clients that
 //! accept it. Line breaks stay, so JavaScript's automatic semicolons mean what they meant.
 
@@ -13,7 +13,7 @@ use warp::http::HeaderValue;
 use warp::Filter;
 use warp::Reply;
 
-const SOURCE: &str = include_str!("web/clickflow.js");
+const SOURCE: &str = include_str!("tracker.js");
 
 /// The served script.
 pub static SCRIPT: LazyLock<String> = LazyLock::new(|| compact(SOURCE));

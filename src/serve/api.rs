@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
-use crate::collector::error_reply;
+use crate::http::error_reply;
 use crate::log::Log;
-use crate::query::{self, Query};
+use crate::serve::query::{self, Query};
 
 pub struct Api {
     pub pool: deadpool_postgres::Pool,
@@ -46,11 +46,36 @@ impl ApiError {
     fn bad(reason: impl Into<String>) -> ApiError {
         ApiError(StatusCode::BAD_REQUEST, reason.into())
     }
+    /// The database failed: the operator reads why in the log; the client, who may be anyone
+    /// holding a share link, learns only that it should retry.
     fn unavailable(e: impl std::error::Error) -> ApiError {
-        let reason = query::Error::unavailable(e).to_string();
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, reason)
+        ApiError::from(query::Error::unavailable(e))
     }
 }
+
+impl From<query::Error> for ApiError {
+    fn from(e: query::Error) -> ApiError {
+        match e {
+            query::Error::Bad(reason) => ApiError::bad(reason),
+            query::Error::Unavailable(reason) => {
+                tracing::warn!(error = %reason, "query API: database unavailable");
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE.into())
+            }
+            query::Error::Internal(reason) => {
+                tracing::error!(error = %reason, "query API: internal error");
+                ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; it has been logged".into(),
+                )
+            }
+        }
+    }
+}
+
+/// What a client is told when the database fails, whatever the cause.
+pub const UNAVAILABLE: &str = "the database is unavailable; retry later";
+
+impl ApiError {}
 
 /// Share tokens start so, API keys with `cfk_`.
 const SHARE_PREFIX: &str = "cfs_";
@@ -190,15 +215,7 @@ impl Api {
         let now = clickflow_operators::source::wall_clock_ms();
         query::run(&client, &q, &tz_name, now, self.minute_retention_secs)
             .await
-            .map_err(|e| match e {
-                query::Error::Bad(reason) => ApiError::bad(reason),
-                query::Error::Unavailable(_) => {
-                    ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-                }
-                query::Error::Internal(reason) => {
-                    ApiError(StatusCode::INTERNAL_SERVER_ERROR, reason)
-                }
-            })
+            .map_err(ApiError::from)
     }
 
     fn admin(&self, auth: Option<&str>) -> Result<&Admin, ApiError> {
@@ -252,7 +269,7 @@ impl Api {
                 format!("unknown site {:?}", req.site_id),
             ));
         }
-        let visitor = crate::collector::visitor_id_hash(&req.site_id, &req.visitor_id);
+        let visitor = crate::ingest::visitor::visitor_id_hash(&req.site_id, &req.visitor_id);
         let now = clickflow_operators::source::wall_clock_ms();
         let record = clickflow_dataflows::Record::Erase(clickflow_dataflows::event::Erasure {
             site: req.site_id.clone(),
@@ -294,8 +311,8 @@ impl Api {
         let (config, log, site) = (admin.config.clone(), admin.log.clone(), req.site_id.clone());
         tokio::task::spawn_blocking(move || {
             // Sealed days older than the log's retention are rebuilt from the archive.
-            let log = crate::archive::ArchivedLog::wrap_or_log(log, &config);
-            crate::erase::recompute_and_record(&config, log.as_ref(), &site, visitor, now)
+            let log = crate::store::archive::ArchivedLog::wrap_or_log(log, &config);
+            crate::engine::erase::recompute_and_record(&config, log.as_ref(), &site, visitor, now)
         });
         Ok(json!({
             "site_id": req.site_id,
@@ -380,18 +397,25 @@ impl Api {
         }))
     }
 
+    /// Which part is down, without its error text (logged instead): `/healthz` is public.
     async fn health(&self) -> Result<(), String> {
+        let down = |part: &'static str| {
+            move |e: String| {
+                tracing::warn!(error = %e, "healthz: {part} unavailable");
+                format!("{part} unavailable")
+            }
+        };
         let client = self
             .pool
             .get()
             .await
-            .map_err(|e| format!("database: {e}"))?;
+            .map_err(|e| down("database")(e.to_string()))?;
         client
             .query_one("SELECT 1", &[])
             .await
-            .map_err(|e| format!("database: {e}"))?;
+            .map_err(|e| down("database")(e.to_string()))?;
         if let Some(log) = &self.log {
-            log.partitions().map_err(|e| format!("log: {e}"))?;
+            log.partitions().map_err(|e| down("log")(e.to_string()))?;
         }
         Ok(())
     }
@@ -444,19 +468,10 @@ pub fn routes(
             }
         },
     );
-    let a2 = api.clone();
-    let health = warp::path!("healthz").and(warp::get()).then(move || {
-        let api = a2.clone();
-        async move {
-            match api.health().await {
-                Ok(()) => warp::reply::json(&json!({"status": "ok"})).into_response(),
-                Err(e) => error_reply(StatusCode::SERVICE_UNAVAILABLE, &e, None),
-            }
-        }
-    });
+    let health = health_route(api.clone());
     let metrics = warp::path!("metrics").and(warp::get()).map(|| {
         warp::reply::with_header(
-            crate::metrics::render(),
+            crate::telemetry::render(),
             "content-type",
             "text/plain; version=0.0.4",
         )
@@ -505,7 +520,7 @@ pub fn routes(
         .unify()
         .or(revoke_share)
         .unify()
-        .or(crate::dashboard::routes())
+        .or(crate::serve::dashboard::routes())
         .unify()
         .or(health)
         .unify()
@@ -517,6 +532,21 @@ pub fn routes(
         .unify()
         .or(realtime)
         .unify()
+}
+
+/// `GET /healthz`: also served on the collector's listener when the API has its own.
+pub fn health_route(
+    api: Arc<Api>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    warp::path!("healthz").and(warp::get()).then(move || {
+        let api = api.clone();
+        async move {
+            match api.health().await {
+                Ok(()) => warp::reply::json(&json!({"status": "ok"})).into_response(),
+                Err(e) => error_reply(StatusCode::SERVICE_UNAVAILABLE, &e, None),
+            }
+        }
+    })
 }
 
 /// A GET with an optional bearer and a required `?site_id=`.

@@ -158,8 +158,8 @@ async fn period(
             sql::sketches(client, request, &plan, generation, (family, dimension)).await?;
         sketch::merge(&plan, &mut rows, sketches)?;
     }
-    if sketch::totals_to_merge(request, &plan, &rows) {
-        let sketches = sql::sketches(client, request, &plan, generation, ("traffic", "")).await?;
+    if let Some(family) = sketch::totals_to_merge(request, &plan, &rows) {
+        let sketches = sql::sketches(client, request, &plan, generation, (family, "")).await?;
         sketch::merge_totals(&plan, &mut rows, sketches)?;
     }
     let results = answer::results(request, &rows).map_err(Error::Bad)?;

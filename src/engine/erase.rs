@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clickflow_dataflows::event::Erasure;
 use clickflow_dataflows::metric::Cell;
-use clickflow_dataflows::pipeline::metrics;
+use clickflow_dataflows::registry::metrics;
 use clickflow_dataflows::{MetricKey, Record};
 use clickflow_operators::sink::{MemoryTable, SinkConfig, SinkStatus};
 use clickflow_operators::time::{bucket_of, epoch_of, parse_tz, Granularity};
@@ -168,7 +168,7 @@ pub fn recompute_sealed_days(
             &[&site, &generation, &floor_hour(d.start), &ceil_hour(d.end), &lateness, &erased_at],
         )?;
     }
-    let written = crate::sink::upsert(
+    let written = crate::engine::pg_sink::upsert(
         &mut tx,
         generation,
         rows.iter()

@@ -5,13 +5,19 @@
 //! offset that can still touch an open bucket, and the sink holds its output until the input
 //! has passed the committed offsets, then replaces the open rows wholesale.
 
+pub mod cluster;
+pub mod erase;
+pub mod pg_sink;
+pub mod replay;
+pub mod start;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clickflow_dataflows::{pipeline, Record};
+use clickflow_dataflows::{registry, Record};
 use clickflow_operators::sink::{SinkConfig, SinkStatus};
 use clickflow_operators::source::{log_source, LogRecord, PartitionReader, SourceConfig};
 use differential_dataflow::AsCollection;
@@ -20,8 +26,8 @@ use timely::dataflow::operators::ToStream;
 
 use crate::config::Config;
 use crate::log::{Log, LogReader};
-use crate::sink::PgSink;
 use crate::store;
+use pg_sink::PgSink;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -194,7 +200,7 @@ impl PartitionReader for RecordReader {
                             data,
                         })),
                     Err(e) => {
-                        crate::metrics::DECODE_ERRORS.inc();
+                        crate::telemetry::DECODE_ERRORS.inc();
                         tracing::warn!(partition = m.partition, offset = m.offset, error = %e, "skipping undecodable record");
                     }
                 }
@@ -208,7 +214,7 @@ impl PartitionReader for RecordReader {
             return Ok(());
         }
         for (partition, offset) in self.positions() {
-            crate::metrics::SOURCE_OFFSET
+            crate::telemetry::SOURCE_OFFSET
                 .with_label_values(&[&partition.to_string()])
                 .set(offset as i64);
         }
@@ -265,7 +271,7 @@ pub fn run(
     };
     let db_url = config.database.url.clone();
     // Erased visitors are forgotten from the first epoch on, whatever this run re-reads.
-    let erasures = crate::erase::stored_erasures(&mut store::connect(&db_url)?, None)
+    let erasures = crate::engine::erase::stored_erasures(&mut store::connect(&db_url)?, None)
         .context("loading erasures")?;
     let stop_watching = Arc::new(AtomicBool::new(false));
     // An idle live job commits nothing, so it would never learn from the sink that a replay
@@ -320,7 +326,7 @@ pub fn run(
                 RecordReader::new(reader)
             });
             let events = events.concat(preloaded.to_stream(scope).as_collection());
-            pipeline::metrics(events, &settings).sink(progress, sink_config, sink, status);
+            registry::metrics(events, &settings).sink(progress, sink_config, sink, status);
         });
         while worker.step_or_park(Some(Duration::from_millis(50))) {
             if retired_w.load(Ordering::SeqCst) {

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use clickflow_dataflows::registry::{family_of, FAMILIES};
+use clickflow_dataflows::metric::SKETCH_SUFFIX;
+use clickflow_dataflows::registry::{self, family_of, Denominator, FAMILIES};
 use serde_json::{json, Value};
 
 /// A stored rollup metric: `(family, metric)`.
@@ -23,12 +24,18 @@ pub enum Formula {
         scale: f64,
         decimals: i32,
     },
+    /// A stored sum scaled into units (revenue micros into currency), rounded to `decimals`.
+    Amount {
+        stored: Stored,
+        scale: f64,
+        decimals: i32,
+    },
 }
 
 impl Formula {
     pub fn stored(&self) -> Vec<(Stored, bool)> {
         match self {
-            Formula::Sum { stored, .. } => vec![(*stored, false)],
+            Formula::Sum { stored, .. } | Formula::Amount { stored, .. } => vec![(*stored, false)],
             Formula::Ratio {
                 numerator,
                 denominator,
@@ -38,52 +45,51 @@ impl Formula {
         }
     }
 
-    /// Whether the metric counts distinct visitors somewhere (never summable).
+    /// Whether the metric counts distinct members somewhere (never summable), as the
+    /// families declare.
     pub fn is_distinct(&self) -> bool {
-        self.distinct()
-    }
-
-    fn distinct(&self) -> bool {
         match self {
             Formula::Sum { distinct, .. } => *distinct,
             Formula::Ratio {
                 numerator,
                 denominator,
                 ..
-            } => is_distinct(numerator.1) || is_distinct(denominator.1),
+            } => is_distinct(*numerator) || is_distinct(*denominator),
+            Formula::Amount { stored, .. } => is_distinct(*stored),
         }
+    }
+
+    /// The distinct count whose registers answer this metric over several buckets, with
+    /// the name of its sketch metric, where its family keeps one.
+    pub fn sketched(&self) -> Option<(Stored, &'static str)> {
+        let counted = match self {
+            Formula::Sum {
+                stored,
+                distinct: true,
+            } => *stored,
+            Formula::Ratio { numerator, .. } if is_distinct(*numerator) => *numerator,
+            _ => return None,
+        };
+        Some((counted, sketch_of(counted)?))
     }
 }
 
-fn is_distinct(metric: &str) -> bool {
-    matches!(metric, "visitors" | "current_visitors")
+fn is_distinct((family, metric): Stored) -> bool {
+    registry::is_distinct(family, metric)
 }
 
-/// Metrics computed from stored ones: `(name, numerator, denominator, scale, decimals)`.
-const DERIVED: &[(&str, &str, &str, f64, i32)] = &[
-    ("bounce_rate", "bounces", "visits", 100.0, 1),
-    ("visit_duration", "visit_duration_ms", "visits", 0.001, 1),
-    ("views_per_visit", "visit_pageviews", "visits", 1.0, 2),
-    (
-        "time_on_page",
-        "time_on_page_ms",
-        "timed_pageviews",
-        0.001,
-        1,
-    ),
-    ("total_revenue", "revenue_micros", "", 0.000_001, 2),
-    (
-        "average_revenue",
-        "revenue_micros",
-        "revenue_events",
-        0.000_001,
-        2,
-    ),
-    ("conversion_rate", "visitors", "visitors", 100.0, 1),
-];
+/// The sketch metric (`<metric>_hll`) its family stores beside a distinct count, if any.
+pub fn sketch_of((family, metric): Stored) -> Option<&'static str> {
+    let family = FAMILIES.iter().find(|f| f.name == family)?;
+    family
+        .metrics
+        .iter()
+        .copied()
+        .find(|m| m.strip_suffix(SKETCH_SUFFIX) == Some(metric))
+}
 
 fn stored(metric: &str, dimension: &str) -> Option<Stored> {
-    if metric.ends_with(clickflow_dataflows::metric::SKETCH_SUFFIX) {
+    if metric.ends_with(SKETCH_SUFFIX) {
         return None;
     }
     let family = family_of(metric, dimension)?;
@@ -93,27 +99,6 @@ fn stored(metric: &str, dimension: &str) -> Option<Stored> {
 
 /// Resolves a requested metric for a breakdown (`""`: none).
 pub fn formula(metric: &str, dimension: &str) -> Result<Formula, String> {
-    if let Some(s) = stored(metric, dimension) {
-        return Ok(Formula::Sum {
-            stored: s,
-            distinct: is_distinct(metric),
-        });
-    }
-    let Some(&(_, num, den, scale, decimals)) = DERIVED.iter().find(|d| d.0 == metric) else {
-        let stored_somewhere = !metric.ends_with(clickflow_dataflows::metric::SKETCH_SUFFIX)
-            && FAMILIES.iter().any(|f| f.metrics.contains(&metric));
-        if stored_somewhere {
-            return Err(format!(
-                "metrics: {metric} is not available {}",
-                if dimension.is_empty() {
-                    "without a breakdown".to_owned()
-                } else {
-                    format!("by {dimension:?}")
-                }
-            ));
-        }
-        return Err(unknown_metric(metric));
-    };
     let unavailable = || {
         format!(
             "metrics: {metric} is not available {}",
@@ -124,35 +109,53 @@ pub fn formula(metric: &str, dimension: &str) -> Result<Formula, String> {
             }
         )
     };
-    let numerator = stored(num, dimension).ok_or_else(unavailable)?;
-    if metric == "conversion_rate" {
-        if !dimension.starts_with("goal") {
-            return Err("metrics: conversion_rate needs a breakdown by goal".into());
-        }
-        return Ok(Formula::Ratio {
-            numerator,
-            denominator: ("traffic", "visitors"),
-            denominator_total: true,
+    if let Some(s) = stored(metric, dimension) {
+        return Ok(Formula::Sum {
+            stored: s,
+            distinct: is_distinct(s),
+        });
+    }
+    let Some((family, derived)) = registry::derived(metric) else {
+        let stored_somewhere = !metric.ends_with(SKETCH_SUFFIX)
+            && FAMILIES.iter().any(|f| f.metrics.contains(&metric));
+        return Err(if stored_somewhere {
+            unavailable()
+        } else {
+            unknown_metric(metric)
+        });
+    };
+    let numerator = stored(derived.numerator, dimension).ok_or_else(unavailable)?;
+    let (scale, decimals) = (derived.scale, derived.decimals);
+    Ok(match derived.denominator {
+        Denominator::Amount => Formula::Amount {
+            stored: numerator,
             scale,
             decimals,
-        });
-    }
-    if den.is_empty() {
-        return Ok(Formula::Ratio {
+        },
+        Denominator::Metric(m) => Formula::Ratio {
             numerator,
-            denominator: numerator,
+            denominator: stored(m, dimension).ok_or_else(unavailable)?,
             denominator_total: false,
-            scale: f64::NAN,
+            scale,
             decimals,
-        });
-    }
-    let denominator = stored(den, dimension).ok_or_else(unavailable)?;
-    Ok(Formula::Ratio {
-        numerator,
-        denominator,
-        denominator_total: false,
-        scale,
-        decimals,
+        },
+        // A share of the whole: meaningful only where the breakdown narrows the numerator,
+        // that is, by the declaring family's own breakdowns.
+        Denominator::Total(total_family, total_metric) => {
+            if numerator.0 != family.name {
+                return Err(format!(
+                    "metrics: {metric} needs a breakdown by {}",
+                    family.dimensions.join(" or ")
+                ));
+            }
+            Formula::Ratio {
+                numerator,
+                denominator: (total_family, total_metric),
+                denominator_total: true,
+                scale,
+                decimals,
+            }
+        }
     })
 }
 
@@ -160,8 +163,12 @@ fn unknown_metric(metric: &str) -> String {
     let mut known: Vec<&str> = FAMILIES
         .iter()
         .flat_map(|f| f.metrics.iter().copied())
-        .filter(|m| !m.ends_with(clickflow_dataflows::metric::SKETCH_SUFFIX))
-        .chain(DERIVED.iter().map(|d| d.0))
+        .filter(|m| !m.ends_with(SKETCH_SUFFIX))
+        .chain(
+            FAMILIES
+                .iter()
+                .flat_map(|f| f.derived.iter().map(|d| d.name)),
+        )
         .collect();
     known.sort();
     known.dedup();
@@ -190,13 +197,13 @@ pub struct Cell {
 /// The value of `formula` in `cell`: an integer for counts, a rounded number for ratios,
 /// `null` when a distinct count would have to be added across buckets.
 pub fn evaluate(formula: &Formula, cell: &Cell) -> Result<Value, String> {
-    if formula.distinct() && cell.values.len() > 1 {
+    if formula.is_distinct() && cell.values.len() > 1 {
         return Err(
             "visitors of several breakdown values are not a sum: add the filtered dimension to dimensions, or filter to one value with \"is\""
                 .into(),
         );
     }
-    if formula.distinct() && cell.buckets > 1 {
+    if formula.is_distinct() && cell.buckets > 1 {
         match (
             formula,
             cell.visitors_estimate,
@@ -228,8 +235,18 @@ pub fn evaluate(formula: &Formula, cell: &Cell) -> Result<Value, String> {
                 .into(),
         );
     }
+    let round = |x: f64, decimals: i32| {
+        let p = 10f64.powi(decimals);
+        (x * p).round() / p
+    };
+    let sum = |stored: &Stored| cell.sums.get(stored).copied().unwrap_or(0);
     Ok(match formula {
-        Formula::Sum { stored, .. } => json!(cell.sums.get(stored).copied().unwrap_or(0)),
+        Formula::Sum { stored, .. } => json!(sum(stored)),
+        Formula::Amount {
+            stored,
+            scale,
+            decimals,
+        } => json!(round(sum(stored) as f64 * scale, *decimals)),
         Formula::Ratio {
             numerator,
             denominator,
@@ -237,15 +254,6 @@ pub fn evaluate(formula: &Formula, cell: &Cell) -> Result<Value, String> {
             scale,
             decimals,
         } => {
-            let n = cell.sums.get(numerator).copied().unwrap_or(0) as f64;
-            let round = |x: f64| {
-                let p = 10f64.powi(*decimals);
-                (x * p).round() / p
-            };
-            if scale.is_nan() {
-                // a plain amount in currency units
-                return Ok(json!(round(n / 1e6)));
-            }
             let pool = if *denominator_total {
                 &cell.totals
             } else {
@@ -255,7 +263,7 @@ pub fn evaluate(formula: &Formula, cell: &Cell) -> Result<Value, String> {
             if d == 0.0 {
                 json!(0)
             } else {
-                json!(round(n / d * scale))
+                json!(round(sum(numerator) as f64 / d * scale, *decimals))
             }
         }
     })
@@ -301,7 +309,22 @@ mod tests {
         assert!(formula("visit_duration", "source")
             .unwrap_err()
             .contains("not available by \"source\""));
-        assert!(formula("conversion_rate", "").is_err());
+        assert!(formula("conversion_rate", "")
+            .unwrap_err()
+            .contains("needs a breakdown by goal"));
+        assert!(matches!(
+            formula("total_revenue", "goal,currency").unwrap(),
+            Formula::Amount {
+                stored: ("revenue", "revenue_micros"),
+                ..
+            }
+        ));
+        assert_eq!(
+            formula("visitors", "page").unwrap().sketched(),
+            Some((("pages", "visitors"), "visitors_hll"))
+        );
+        assert_eq!(formula("pageviews", "").unwrap().sketched(), None);
+        assert!(formula("current_visitors", "").unwrap().is_distinct());
         assert!(formula("cats", "").unwrap_err().contains("unknown metric"));
     }
 

@@ -4,10 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use clickflow_dataflows::registry::family_of;
 use clickflow_operators::time::Granularity;
 
-use super::metrics::{Cell, Formula};
+use super::metrics::{sketch_of, Cell, Formula};
 use super::parse::Request;
 use super::plan::Plan;
 use super::Error;
@@ -16,8 +15,9 @@ use super::Error;
 /// shown).
 pub type RowKey = (Option<i64>, Option<String>);
 
-/// The family whose sketches answer the request's visitors, when some row spans several
-/// buckets and that family keeps sketches for the breakdown.
+/// The family whose sketches answer the request's distinct counts, when some row spans
+/// several buckets and that family keeps sketches for the breakdown (as its declarations
+/// say: a distinct metric `m` with a stored `m_hll`).
 pub fn family_to_merge(
     r: &Request,
     plan: &Plan,
@@ -26,34 +26,30 @@ pub fn family_to_merge(
     if !merges(plan, rows) {
         return None;
     }
-    family_of("visitors_hll", &r.shape.breakdown)?;
-    r.formulas.iter().find_map(|f| match f {
-        Formula::Sum {
-            stored: (family, "visitors"),
-            distinct: true,
-        }
-        | Formula::Ratio {
-            numerator: (family, "visitors"),
-            ..
-        } => Some(*family),
-        _ => None,
-    })
+    r.formulas
+        .iter()
+        .find_map(Formula::sketched)
+        .map(|((family, _), _)| family)
 }
 
-/// Whether a rate over all of the site's visitors (conversion rate) needs traffic's merged
-/// registers as its denominator.
-pub fn totals_to_merge(r: &Request, plan: &Plan, rows: &BTreeMap<RowKey, Cell>) -> bool {
-    merges(plan, rows)
-        && r.formulas.iter().any(|f| {
-            matches!(
-                f,
-                Formula::Ratio {
-                    denominator: ("traffic", "visitors"),
-                    denominator_total: true,
-                    ..
-                }
-            )
-        })
+/// The family whose dimension-less sketches a share of all distinct members (conversion
+/// rate) needs as its denominator, when some row spans several buckets.
+pub fn totals_to_merge(
+    r: &Request,
+    plan: &Plan,
+    rows: &BTreeMap<RowKey, Cell>,
+) -> Option<&'static str> {
+    if !merges(plan, rows) {
+        return None;
+    }
+    r.formulas.iter().find_map(|f| match f {
+        Formula::Ratio {
+            denominator,
+            denominator_total: true,
+            ..
+        } => sketch_of(*denominator).map(|_| denominator.0),
+        _ => None,
+    })
 }
 
 /// Sets each multi-bucket row's estimate of all of the site's visitors in its slot.
