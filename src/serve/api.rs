@@ -399,23 +399,17 @@ impl Api {
 
     /// Which part is down, without its error text (logged instead): `/healthz` is public.
     async fn health(&self) -> Result<(), String> {
-        let down = |part: &'static str| {
-            move |e: String| {
-                tracing::warn!(error = %e, "healthz: {part} unavailable");
-                format!("{part} unavailable")
-            }
+        let down = |part: &str, e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "healthz: {part} unavailable");
+            format!("{part} unavailable")
         };
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| down("database")(e.to_string()))?;
+        let client = self.pool.get().await.map_err(|e| down("database", &e))?;
         client
             .query_one("SELECT 1", &[])
             .await
-            .map_err(|e| down("database")(e.to_string()))?;
+            .map_err(|e| down("database", &e))?;
         if let Some(log) = &self.log {
-            log.partitions().map_err(|e| down("log")(e.to_string()))?;
+            log.partitions().map_err(|e| down("log", &e))?;
         }
         Ok(())
     }

@@ -151,14 +151,15 @@ async fn period(
     kept.check(&plan).map_err(Error::Bad)?;
     let sums = sql::sums(client, request, &plan, generation).await?;
     let mut rows = answer::group(request, &plan, &sums);
-    let merged = sketch::family_to_merge(request, &plan, &rows);
+    let multi_bucket = sketch::merges(&plan, &rows);
+    let merged = sketch::family_to_merge(request).filter(|_| multi_bucket);
     if let Some(family) = merged {
         let dimension = request.shape.breakdown.as_str();
         let sketches =
             sql::sketches(client, request, &plan, generation, (family, dimension)).await?;
         sketch::merge(&plan, &mut rows, sketches)?;
     }
-    if let Some(family) = sketch::totals_to_merge(request, &plan, &rows) {
+    if let Some(family) = sketch::totals_to_merge(request).filter(|_| multi_bucket) {
         let sketches = sql::sketches(client, request, &plan, generation, (family, "")).await?;
         sketch::merge_totals(&plan, &mut rows, sketches)?;
     }

@@ -15,17 +15,10 @@ use super::Error;
 /// shown).
 pub type RowKey = (Option<i64>, Option<String>);
 
-/// The family whose sketches answer the request's distinct counts, when some row spans
-/// several buckets and that family keeps sketches for the breakdown (as its declarations
-/// say: a distinct metric `m` with a stored `m_hll`).
-pub fn family_to_merge(
-    r: &Request,
-    plan: &Plan,
-    rows: &BTreeMap<RowKey, Cell>,
-) -> Option<&'static str> {
-    if !merges(plan, rows) {
-        return None;
-    }
+/// The family whose sketches answer the request's distinct counts over several buckets,
+/// where that family keeps sketches for the breakdown (as its declarations say: a distinct
+/// metric `m` with a stored `m_hll`).
+pub fn family_to_merge(r: &Request) -> Option<&'static str> {
     r.formulas
         .iter()
         .find_map(Formula::sketched)
@@ -33,15 +26,8 @@ pub fn family_to_merge(
 }
 
 /// The family whose dimension-less sketches a share of all distinct members (conversion
-/// rate) needs as its denominator, when some row spans several buckets.
-pub fn totals_to_merge(
-    r: &Request,
-    plan: &Plan,
-    rows: &BTreeMap<RowKey, Cell>,
-) -> Option<&'static str> {
-    if !merges(plan, rows) {
-        return None;
-    }
+/// rate) needs as its denominator over several buckets.
+pub fn totals_to_merge(r: &Request) -> Option<&'static str> {
     r.formulas.iter().find_map(|f| match f {
         Formula::Ratio {
             denominator,
@@ -80,8 +66,9 @@ fn decode(sketch: &[u8]) -> Result<Registers, Error> {
 /// HyperLogLog registers as `(index, rank)`.
 type Registers = Vec<(u16, u8)>;
 
-/// Whether some row spans several buckets that keep sketches (minutes keep none).
-fn merges(plan: &Plan, rows: &BTreeMap<RowKey, Cell>) -> bool {
+/// Whether some row spans several buckets that keep sketches (minutes keep none): only then
+/// are sketches read.
+pub fn merges(plan: &Plan, rows: &BTreeMap<RowKey, Cell>) -> bool {
     plan.granularity != Granularity::Minute && rows.values().any(|c| c.buckets > 1)
 }
 
@@ -94,12 +81,10 @@ pub fn merge(
     // (slot, breakdown value) → registers
     let mut registers: BTreeMap<(Option<i64>, String), Registers> = BTreeMap::new();
     for (bucket, value, sketch) in sketches {
-        let decoded = clickflow_dataflows::uniques::decode(&sketch)
-            .map_err(|e| Error::Internal(format!("a stored visitor sketch is unreadable: {e}")))?;
         registers
             .entry((plan.slot_of(bucket), value))
             .or_default()
-            .extend(decoded);
+            .extend(decode(&sketch)?);
     }
     for ((slot, value), cell) in rows.iter_mut().filter(|(_, c)| c.buckets > 1) {
         // Without a shown breakdown (totals, or one filtered value) every kept register of
