@@ -191,7 +191,17 @@ fn rows_stored_by_older_versions_become_one_row_per_key() {
             .map(|r| {
                 let metrics: String = r.get(2);
                 let sketch: Option<Vec<u8>> = r.get(3);
-                let registers = sketch.map(|s| clickflow_dataflows::uniques::decode(&s).unwrap());
+                // Old sketches were all of the dense precision, and stay so.
+                let registers = sketch.map(|s| {
+                    clickflow_dataflows::uniques::decode(&s)
+                        .unwrap()
+                        .into_iter()
+                        .map(|(precision, i, r)| {
+                            assert_eq!(precision, 12);
+                            (i as u16, r)
+                        })
+                        .collect::<Vec<_>>()
+                });
                 (
                     r.get(0),
                     r.get(1),

@@ -17,7 +17,7 @@ use differential_dataflow::{ExchangeData, VecCollection};
 
 use crate::metric::{visit_rows_open_until, Row, RowKey, VISIT_GRANULARITIES};
 use crate::symbol::Sym;
-use crate::uniques::{self, PRECISION};
+use crate::uniques;
 use crate::visits::Visit;
 
 /// How many records each key has: `count(*) GROUP BY key`.
@@ -128,14 +128,18 @@ where
     F: Fn(K) -> RowKey + 'static,
     G: Fn(K) -> RowKey + 'static,
 {
-    let precision = sketch.as_ref().map(|_| PRECISION);
+    let sketching = sketch.as_ref().map(|_| uniques::SKETCHING);
     pairs
-        .distinct_total_sketched(precision)
+        .distinct_total_sketched(sketching)
         .flat_map(move |(k, stat)| match stat {
             Distinct::Count(n) => Some((visitors(k), n as i64)),
-            Distinct::Register { index, rank } => sketch
+            Distinct::Register {
+                precision,
+                index,
+                rank,
+            } => sketch
                 .as_ref()
-                .map(|sketch| (sketch(k), uniques::pack(index, rank))),
+                .map(|sketch| (sketch(k), uniques::pack(precision, index, rank))),
         })
 }
 

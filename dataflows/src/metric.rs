@@ -159,18 +159,19 @@ impl Rollups {
 }
 
 /// What the sink holds of a stored row while it is open: its metrics' totals, and its
-/// sketch's registers in 4 bytes each (a general value would take 24).
+/// sketch's registers in 6 bytes each (a general value would take 24).
 #[derive(Default)]
 pub struct RowState {
     /// Each metric's sum of `value × multiplicity` (see [`Row`]), sorted by metric, none zero.
     numbers: SmallVec<[(Sym, i64); 2]>,
     /// The sketch metric; `NONE` while the row has no sketch.
     sketch: Sym,
-    /// ([index high byte, index low byte, rank], multiplicity), sorted by index then rank;
-    /// no inline slot: with SmallVec's `union` layout it is the size of a `Vec`. A register's
-    /// multiplicity is 1 while it holds a rank and 0 otherwise, -1 or 2 for a moment within
-    /// a round (its old rank retracted, its new one added): a byte holds it.
-    registers: SmallVec<[([u8; 3], i8); 0]>,
+    /// ([index, rank], multiplicity), sorted by index then rank; the index is big-endian
+    /// with its top bit set for sparse registers (see [`register_bytes`]). No inline slot:
+    /// with SmallVec's `union` layout it is the size of a `Vec`. A register's multiplicity
+    /// is 1 while it holds a rank and 0 otherwise, -1 or 2 for a moment within a round (its
+    /// old rank retracted, its new one added): a byte holds it.
+    registers: SmallVec<[([u8; 5], i8); 0]>,
 }
 
 impl RowModel<RowKey, Measure> for Rollups {
@@ -198,28 +199,45 @@ impl RowModel<RowKey, Measure> for Rollups {
             return;
         }
         state.sketch = metric;
-        let Some((index, rank)) = uniques::unpack(value) else {
+        let Some(register) = uniques::unpack(value) else {
             return;
         };
-        let [high, low] = index.to_be_bytes();
         let diff = diff.clamp(i8::MIN as isize, i8::MAX as isize) as i8;
-        add_to(&mut state.registers, [high, low, rank], diff);
+        add_to(&mut state.registers, register_bytes(register), diff);
     }
 
     fn written(&self, _key: &RowKey, state: &RowState) -> Option<Settled> {
         let mut row = Settled::default();
         row.numbers.extend(state.numbers.iter().copied());
-        let registers: Vec<(u16, u8)> = state
+        let registers: Vec<uniques::Register> = state
             .registers
             .iter()
             .filter(|(_, d)| *d > 0)
-            .map(|([high, low, rank], _)| (u16::from_be_bytes([*high, *low]), *rank))
+            .map(|(bytes, _)| register_of_bytes(*bytes))
             .collect();
         if state.sketch != Sym::NONE && !registers.is_empty() {
             row.sketch = Some((state.sketch, uniques::encode(registers)));
         }
         (!row.numbers.is_empty() || row.sketch.is_some()).then_some(row)
     }
+}
+
+/// A register in the sink's state: the index big-endian, its top bit telling the sparse
+/// precision from the dense one, then the rank.
+fn register_bytes((precision, index, rank): uniques::Register) -> [u8; 5] {
+    let sparse = (precision as u32 == uniques::SPARSE_PRECISION) as u32;
+    let [a, b, c, d] = (sparse << 31 | index).to_be_bytes();
+    [a, b, c, d, rank]
+}
+
+fn register_of_bytes([a, b, c, d, rank]: [u8; 5]) -> uniques::Register {
+    let word = u32::from_be_bytes([a, b, c, d]);
+    let precision = if word >> 31 == 1 {
+        uniques::SPARSE_PRECISION
+    } else {
+        uniques::PRECISION
+    };
+    (precision as u8, word & 0x7fff_ffff, rank)
 }
 
 /// A metric row inside the dataflow: [`MetricKey`] with every text interned, so keys are

@@ -240,30 +240,38 @@ pub(crate) mod tests {
             let first = oracle.hits.iter().map(|h| h.ts).min().unwrap_or(0);
             let from = (first.div_euclid(3_600_000) + skip) * 3_600_000;
             let to = from + hours * 3_600_000;
-            type Registers = BTreeMap<(String, String), BTreeMap<u16, u8>>;
-            let mut merged: Registers = BTreeMap::new();
+            type Unions = BTreeMap<(String, String), crate::uniques::Union>;
+            let mut merged: Unions = BTreeMap::new();
             for (k, cell) in &table {
                 let in_range = k.granularity == Granularity::Hour
                     && (from..to).contains(&k.bucket_start);
                 if let (true, Some((_, bytes))) = (in_range, &cell.sketch) {
-                    let regs = merged.entry((k.site.clone(), k.dimension_value.clone())).or_default();
-                    for (i, r) in crate::uniques::decode(bytes).expect("a sketch") {
-                        let slot = regs.entry(i).or_default();
-                        *slot = (*slot).max(r);
-                    }
+                    let union = merged.entry((k.site.clone(), k.dimension_value.clone())).or_default();
+                    union.add(crate::uniques::decode(bytes).expect("a sketch"));
                 }
             }
-            let mut want: Registers = BTreeMap::new();
+            let mut visitors: BTreeMap<(String, String), std::collections::BTreeSet<u64>> =
+                BTreeMap::new();
             for h in oracle.hits.iter().filter(|h| h.is_pageview()) {
                 let hour = bucket_of(h.ts, Granularity::Hour, parse_tz(&h.tz)).start;
-                if !(from..to).contains(&hour) {
-                    continue;
+                if (from..to).contains(&hour) {
+                    visitors.entry((h.site.clone(), h.pathname.clone())).or_default().insert(h.visitor);
                 }
-                let (i, r) = crate::uniques::register_of(h.visitor);
-                let regs = want.entry((h.site.clone(), h.pathname.clone())).or_default();
-                let slot = regs.entry(i).or_default();
-                *slot = (*slot).max(r);
             }
+            // Each visitor's own register, merged: the registers of the range's visitors as
+            // a union of rows holds them.
+            let want: BTreeMap<_, _> = visitors
+                .into_iter()
+                .map(|(page, set)| {
+                    let mut union = crate::uniques::Union::default();
+                    for v in set {
+                        union.add(crate::uniques::registers_of(&[v].into()));
+                    }
+                    (page, union.registers())
+                })
+                .collect();
+            let merged: BTreeMap<_, _> =
+                merged.into_iter().map(|(page, union)| (page, union.registers())).collect();
             proptest::prop_assert_eq!(merged, want);
         }
     }

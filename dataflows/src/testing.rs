@@ -298,8 +298,8 @@ impl Put {
         self.distinct.entry(key).or_default().insert(member);
     }
 
-    /// As [`Put::distinct`], and the row's HyperLogLog registers too (4096 registers: index
-    /// from the top 12 bits of the member, rank from the leading zeros of the rest).
+    /// As [`Put::distinct`], and the row's HyperLogLog registers too (as
+    /// [`crate::uniques::registers_of`] has them for the row's set).
     pub fn distinct_sketched(&mut self, key: MetricKey, member: u64) {
         self.sketched.insert(key.clone());
         self.distinct(key, member);
@@ -310,17 +310,11 @@ impl Put {
             if !self.sketched.contains(k) {
                 continue;
             }
-            let mut registers: BTreeMap<u64, i64> = BTreeMap::new();
-            for m in members {
-                let rank = (m << 12).leading_zeros().min(52) as i64 + 1;
-                let slot = registers.entry(m >> 52).or_default();
-                *slot = (*slot).max(rank);
-            }
-            for (index, rank) in registers {
+            for (precision, index, rank) in crate::uniques::registers_of(members) {
                 let mut sketch = k.clone();
                 sketch.metric = format!("{}_hll", k.metric);
-                sketch.dimension_value = format!("{}\u{1f}{index}", k.dimension_value);
-                self.sums.insert(sketch, rank);
+                sketch.dimension_value = register_value(&k.dimension_value, precision, index);
+                self.sums.insert(sketch, rank as i64);
             }
         }
         for (k, members) in std::mem::take(&mut self.distinct) {
@@ -548,8 +542,8 @@ pub fn check_families_every_epoch(
 }
 
 /// The table as oracles state it: one row per metric, and a sketch as one row per register
-/// (the register index appended to the row's value after [`crate::metric::VALUE_SEPARATOR`],
-/// its rank the value).
+/// (the register's precision and index appended to the row's value after
+/// [`crate::metric::VALUE_SEPARATOR`], its rank the value).
 pub fn metric_by_metric(table: &BTreeMap<MetricKey, Cell>) -> BTreeMap<MetricKey, i64> {
     let mut out = BTreeMap::new();
     for (k, cell) in table {
@@ -562,15 +556,20 @@ pub fn metric_by_metric(table: &BTreeMap<MetricKey, Cell>) -> BTreeMap<MetricKey
         if let Some((metric, bytes)) = &cell.sketch {
             let registers = crate::uniques::decode(bytes).expect("a sketch the sink wrote");
             assert!(!registers.is_empty(), "{k:?}: an empty sketch is no sketch");
-            for (index, rank) in registers {
+            for (precision, index, rank) in registers {
                 let mut row = k.clone();
                 row.metric = metric.to_string();
-                row.dimension_value = format!("{}\u{1f}{index}", k.dimension_value);
+                row.dimension_value = register_value(&k.dimension_value, precision, index);
                 out.insert(row, rank as i64);
             }
         }
     }
     out
+}
+
+/// A register's row as oracles state it: its precision and index after the row's value.
+fn register_value(value: &str, precision: u8, index: u32) -> String {
+    format!("{value}\u{1f}{precision}:{index}")
 }
 
 /// Compares two tables and reports the first few differing rows instead of both tables.

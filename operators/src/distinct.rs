@@ -8,6 +8,12 @@
 //! hashes, so a HyperLogLog register (the members sharing their top bits) is a contiguous
 //! range of them and its rank is read off the range's least member: the sketch costs nothing
 //! more to keep.
+//!
+//! Small sets are sketched at a high precision, as HyperLogLog++'s sparse form is: with
+//! 2²⁵ registers two of a few hundred members almost never share one, so the registers of
+//! small buckets (most of them, on the long tail) merge into nearly exact counts. A key
+//! whose set outgrows [`Sketching::sparse_until`] switches to the dense precision, whose
+//! registers are at most a few thousand whatever the set's size.
 
 use std::hash::Hash;
 
@@ -30,14 +36,44 @@ const RETAINED_CHANGES: usize = 4096;
 pub enum Distinct {
     /// How many distinct members the key has.
     Count(u64),
-    /// The rank of HyperLogLog register `index` (see [`register_of`]).
-    Register { index: u16, rank: u8 },
+    /// The rank of HyperLogLog register `index` at `precision` (see [`register_of`]).
+    Register { precision: u8, index: u32, rank: u8 },
 }
 
-/// The register a uniform 64-bit hash falls in with `precision` index bits, and its rank: the
-/// position of the first 1 bit after the index bits, from 1.
-pub fn register_of(hash: u64, precision: u32) -> (u16, u8) {
-    let index = (hash >> (64 - precision)) as u16;
+/// The precisions a key's registers are kept at: `sparse` while the key has at most
+/// `sparse_until` members, `dense` beyond. The two are read off the same members, so a key
+/// crossing the bound retracts its registers at one precision and inserts them at the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sketching {
+    pub dense: u32,
+    pub sparse: u32,
+    pub sparse_until: usize,
+}
+
+impl Sketching {
+    /// One precision whatever the set's size.
+    pub fn fixed(precision: u32) -> Sketching {
+        Sketching {
+            dense: precision,
+            sparse: precision,
+            sparse_until: 0,
+        }
+    }
+
+    /// The precision of a key with `members` members.
+    pub fn precision_for(&self, members: usize) -> u32 {
+        if members <= self.sparse_until {
+            self.sparse
+        } else {
+            self.dense
+        }
+    }
+}
+
+/// The register a uniform 64-bit hash falls in with `precision` index bits (1 to 32), and its
+/// rank: the position of the first 1 bit after the index bits, from 1.
+pub fn register_of(hash: u64, precision: u32) -> (u32, u8) {
+    let index = (hash >> (64 - precision)) as u32;
     let rank = ((hash << precision).leading_zeros().min(64 - precision) + 1) as u8;
     (index, rank)
 }
@@ -45,9 +81,9 @@ pub fn register_of(hash: u64, precision: u32) -> (u16, u8) {
 /// Extension trait adding [`DistinctTotal::distinct_total_sketched`].
 pub trait DistinctTotal<'scope, K> {
     /// For each key, the number of distinct members present (positive total multiplicity) and,
-    /// with `Some(precision)`, the rank of every non-empty HyperLogLog register of them. Each
-    /// key has at most one `Count` and one rank per register index; a key without members
-    /// has neither.
+    /// with `Some(sketching)`, the rank of every non-empty HyperLogLog register of them at the
+    /// precision its size calls for. Each key has at most one `Count` and one rank per
+    /// register index; a key without members has neither.
     ///
     /// ```
     /// use clickflow_operators::distinct::{Distinct, DistinctTotal};
@@ -72,12 +108,12 @@ pub trait DistinctTotal<'scope, K> {
     /// ```
     fn distinct_total_sketched(
         self,
-        precision: Option<u32>,
+        sketching: Option<Sketching>,
     ) -> VecCollection<'scope, u64, (K, Distinct), isize>;
 }
 
 /// The rank of register `index` among `members`, if any member falls in it.
-fn register_rank(members: &Members, index: u16, precision: u32) -> Option<u8> {
+fn register_rank(members: &Members, index: u32, precision: u32) -> Option<u8> {
     let shift = 64 - precision;
     let from = (index as u64) << shift;
     let to = from | (u64::MAX >> precision);
@@ -86,13 +122,57 @@ fn register_rank(members: &Members, index: u16, precision: u32) -> Option<u8> {
         .map(|m| register_of(m, precision).1)
 }
 
+/// Every non-empty register of `members` at `precision`, as `(precision, index, rank)` in
+/// index order: members are sorted, so a register's first member is its least, whose rank
+/// is the register's.
+fn all_registers(members: &Members, precision: u32) -> Vec<(u8, u32, u8)> {
+    let mut out: Vec<(u8, u32, u8)> = Vec::new();
+    for (member, _) in members.iter() {
+        let (index, rank) = register_of(member, precision);
+        if out.last().is_none_or(|(_, last, _)| *last != index) {
+            out.push((precision as u8, index, rank));
+        }
+    }
+    out
+}
+
+/// A key's registers before a change: the ranks of the touched ones at the key's precision,
+/// or all of them (with their precision) where the change may switch precision.
+enum Registers {
+    Touched(u32, Vec<(u32, Option<u8>)>),
+    All(Vec<(u8, u32, u8)>),
+}
+
+/// The changes that turn the sorted registers `old` into the sorted `new`.
+fn difference(old: Vec<(u8, u32, u8)>, new: Vec<(u8, u32, u8)>) -> Vec<((u8, u32, u8), isize)> {
+    let mut out = Vec::new();
+    let (mut old, mut new) = (old.into_iter().peekable(), new.into_iter().peekable());
+    loop {
+        let retract = match (old.peek(), new.peek()) {
+            (None, None) => return out,
+            (Some(a), Some(b)) if a == b => {
+                old.next();
+                new.next();
+                continue;
+            }
+            (Some(a), Some(b)) => a < b,
+            (a, _) => a.is_some(),
+        };
+        if retract {
+            out.extend(old.next().map(|r| (r, -1)));
+        } else {
+            out.extend(new.next().map(|r| (r, 1)));
+        }
+    }
+}
+
 impl<'scope, K> DistinctTotal<'scope, K> for VecCollection<'scope, u64, (K, u64), isize>
 where
     K: timely::ExchangeData + Hash + Eq + Clone,
 {
     fn distinct_total_sketched(
         self,
-        precision: Option<u32>,
+        sketching: Option<Sketching>,
     ) -> VecCollection<'scope, u64, (K, Distinct), isize> {
         let exchange = Exchange::new(|((k, _), _, _): &((K, u64), u64, isize)| k.hashed());
         self.inner
@@ -129,45 +209,67 @@ where
                                 continue;
                             }
                             let members = keys.entry(k.clone()).or_default();
-                            let mut registers: Vec<(u16, Option<u8>)> = Vec::new();
-                            if let Some(p) = precision {
+                            let before = members.len();
+                            // The registers this change may move, with their ranks before it:
+                            // those it touches, or all of them where the key may cross
+                            // `sparse_until` (its precision then changes).
+                            let old: Option<Registers> = sketching.map(|s| {
+                                let p = s.precision_for(before);
+                                let (low, high) =
+                                    (before.saturating_sub(change.len()), before + change.len());
+                                if s.precision_for(low) != s.precision_for(high) {
+                                    return Registers::All(all_registers(members, p));
+                                }
                                 // Sorted members: their registers come sorted too.
-                                let mut touched: Vec<u16> =
+                                let mut touched: Vec<u32> =
                                     change.iter().map(|(m, _)| register_of(*m, p).0).collect();
                                 touched.dedup();
-                                registers = touched
+                                let ranks = touched
                                     .into_iter()
                                     .map(|i| (i, register_rank(members, i, p)))
                                     .collect();
-                            }
-                            let before = members.len() as u64;
+                                Registers::Touched(p, ranks)
+                            });
                             for (m, d) in change {
                                 members.add(m, d);
                             }
-                            let after = members.len() as u64;
+                            let after = members.len();
                             if before != after {
                                 if before > 0 {
-                                    session.give(((k.clone(), Distinct::Count(before)), time, -1));
+                                    let c = Distinct::Count(before as u64);
+                                    session.give(((k.clone(), c), time, -1));
                                 }
                                 if after > 0 {
-                                    session.give(((k.clone(), Distinct::Count(after)), time, 1));
+                                    let c = Distinct::Count(after as u64);
+                                    session.give(((k.clone(), c), time, 1));
                                 }
                             }
-                            if let Some(p) = precision {
-                                for (index, old) in registers {
-                                    let new = register_rank(members, index, p);
-                                    if old == new {
-                                        continue;
+                            let register_changes = match (old, sketching) {
+                                (Some(Registers::Touched(p, ranks)), _) => {
+                                    let mut out = Vec::new();
+                                    for (index, old) in ranks {
+                                        let new = register_rank(members, index, p);
+                                        if old != new {
+                                            let at = |r: u8| (p as u8, index, r);
+                                            out.extend(old.map(|r| (at(r), -1)));
+                                            out.extend(new.map(|r| (at(r), 1)));
+                                        }
                                     }
-                                    if let Some(rank) = old {
-                                        let r = Distinct::Register { index, rank };
-                                        session.give(((k.clone(), r), time, -1));
-                                    }
-                                    if let Some(rank) = new {
-                                        let r = Distinct::Register { index, rank };
-                                        session.give(((k.clone(), r), time, 1));
-                                    }
+                                    out
                                 }
+                                (Some(Registers::All(old)), Some(s)) => {
+                                    let new = all_registers(members, s.precision_for(after));
+                                    difference(old, new)
+                                }
+                                _ => Vec::new(),
+                            };
+                            for ((precision, index, rank), diff) in register_changes {
+                                let r = Distinct::Register {
+                                    precision,
+                                    index,
+                                    rank,
+                                };
+                                session.give(((k.clone(), r), time, diff));
                             }
                             if after == 0 {
                                 keys.remove(&k);
@@ -192,10 +294,15 @@ mod tests {
     use timely::dataflow::operators::Capture;
 
     /// Random insertions and retractions of members of a few keys, checked after every time
-    /// against a plain recount (count and registers) of what is present.
+    /// against a plain recount (count and registers) of what is present. Keys grow past and
+    /// shrink below `sparse_until`, so their precision switches both ways.
     #[test]
     fn counts_and_registers_equal_a_recount_at_every_time() {
-        let precision = 4;
+        let sketching = Sketching {
+            dense: 4,
+            sparse: 8,
+            sparse_until: 12,
+        };
         let mut next = crate::xorshift(0x2545_F491_4F6C_DD1Du64);
         // A pool of members, many sharing registers; multiplicities reach above one.
         let pool: Vec<u64> = (0..80).map(|_| next()).collect();
@@ -223,7 +330,7 @@ mod tests {
         let captured = timely::execute_directly(move |worker| {
             let (mut input, probe, captured) = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, pairs) = scope.new_collection::<(u8, u64), isize>();
-                let out = pairs.distinct_total_sketched(Some(precision));
+                let out = pairs.distinct_total_sketched(Some(sketching));
                 let (probe, out) = out.probe();
                 (input, probe, out.inner.capture())
             });
@@ -244,6 +351,7 @@ mod tests {
             .collect();
         updates.sort_by_key(|(_, t, _)| *t);
         let mut got: BTreeMap<(u8, Distinct), isize> = BTreeMap::new();
+        let mut crossed = false;
         let mut members: BTreeMap<(u8, u64), isize> = BTreeMap::new();
         for (t, step) in script.into_iter().enumerate() {
             for (x, d) in step {
@@ -256,23 +364,41 @@ mod tests {
             }
             got.retain(|_, d| *d != 0);
             let mut want: BTreeMap<(u8, Distinct), isize> = BTreeMap::new();
-            let mut count: BTreeMap<u8, u64> = BTreeMap::new();
-            let mut ranks: BTreeMap<(u8, u16), u8> = BTreeMap::new();
+            let mut present: BTreeMap<u8, Vec<u64>> = BTreeMap::new();
             for ((k, m), n) in &members {
                 if *n > 0 {
-                    *count.entry(*k).or_default() += 1;
-                    let (index, rank) = register_of(*m, precision);
-                    let r = ranks.entry((*k, index)).or_default();
-                    *r = (*r).max(rank);
+                    present.entry(*k).or_default().push(*m);
                 }
             }
-            for (k, n) in count {
-                want.insert((k, Distinct::Count(n)), 1);
+            let mut switched = false;
+            for (k, set) in present {
+                want.insert((k, Distinct::Count(set.len() as u64)), 1);
+                let precision = sketching.precision_for(set.len());
+                switched |= precision == sketching.dense;
+                let mut ranks: BTreeMap<u32, u8> = BTreeMap::new();
+                for m in set {
+                    let (index, rank) = register_of(m, precision);
+                    let r = ranks.entry(index).or_default();
+                    *r = (*r).max(rank);
+                }
+                for (index, rank) in ranks {
+                    let precision = precision as u8;
+                    want.insert(
+                        (
+                            k,
+                            Distinct::Register {
+                                precision,
+                                index,
+                                rank,
+                            },
+                        ),
+                        1,
+                    );
+                }
             }
-            for ((k, index), rank) in ranks {
-                want.insert((k, Distinct::Register { index, rank }), 1);
-            }
+            crossed |= switched;
             assert_eq!(got, want, "at time {t}");
         }
+        assert!(crossed, "some key grew past sparse_until");
     }
 }

@@ -94,7 +94,7 @@ pub async fn run(
             "generation": generation,
             "complete_until": frontier.map(rfc3339),
             "estimated": if estimated {
-                json!({"visitors": "HyperLogLog over the row's buckets (4096 registers): about 1.6 % standard error; see the README"})
+                json!({"visitors": "HyperLogLog over the row's buckets: nearly exact while each bucket holds up to 1024 visitors (2^25 registers), about 1.6 % standard error beyond (4096 registers); see the README"})
             } else {
                 Value::Null
             },

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use clickflow_dataflows::uniques::{Register, Union};
 use clickflow_operators::time::Granularity;
 
 use super::metrics::{sketch_of, Cell, Formula};
@@ -44,27 +45,24 @@ pub fn merge_totals(
     rows: &mut BTreeMap<RowKey, Cell>,
     sketches: Vec<(i64, String, Vec<u8>)>,
 ) -> Result<(), Error> {
-    let mut registers: BTreeMap<Option<i64>, Registers> = BTreeMap::new();
+    let mut unions: BTreeMap<Option<i64>, Union> = BTreeMap::new();
     for (bucket, _, sketch) in sketches {
-        registers
+        unions
             .entry(plan.slot_of(bucket))
             .or_default()
-            .extend(decode(&sketch)?);
+            .add(decode(&sketch)?);
     }
     for ((slot, _), cell) in rows.iter_mut().filter(|(_, c)| c.buckets > 1) {
-        let regs = registers.get(slot).cloned().unwrap_or_default();
-        cell.total_visitors_estimate = Some(clickflow_dataflows::uniques::estimate(regs));
+        let estimate = unions.get(slot).map_or(0.0, Union::estimate);
+        cell.total_visitors_estimate = Some(estimate);
     }
     Ok(())
 }
 
-fn decode(sketch: &[u8]) -> Result<Registers, Error> {
+fn decode(sketch: &[u8]) -> Result<Vec<Register>, Error> {
     clickflow_dataflows::uniques::decode(sketch)
         .map_err(|e| Error::Internal(format!("a stored visitor sketch is unreadable: {e}")))
 }
-
-/// HyperLogLog registers as `(index, rank)`.
-type Registers = Vec<(u16, u8)>;
 
 /// Whether some row spans several buckets that keep sketches (minutes keep none): only then
 /// are sketches read.
@@ -79,28 +77,27 @@ pub fn merge(
     sketches: Vec<(i64, String, Vec<u8>)>,
 ) -> Result<(), Error> {
     // (slot, breakdown value) → registers
-    let mut registers: BTreeMap<(Option<i64>, String), Registers> = BTreeMap::new();
+    let mut unions: BTreeMap<(Option<i64>, String), Union> = BTreeMap::new();
     for (bucket, value, sketch) in sketches {
-        registers
+        unions
             .entry((plan.slot_of(bucket), value))
             .or_default()
-            .extend(decode(&sketch)?);
+            .add(decode(&sketch)?);
     }
     for ((slot, value), cell) in rows.iter_mut().filter(|(_, c)| c.buckets > 1) {
         // Without a shown breakdown (totals, or one filtered value) every kept register of
         // the slot belongs to the row.
-        let regs: Registers = match value {
-            Some(v) => registers
-                .get(&(*slot, v.clone()))
-                .cloned()
-                .unwrap_or_default(),
-            None => registers
-                .iter()
-                .filter(|((s, _), _)| s == slot)
-                .flat_map(|(_, r)| r.iter().copied())
-                .collect(),
+        let union = match value {
+            Some(v) => unions.get(&(*slot, v.clone())).cloned().unwrap_or_default(),
+            None => {
+                let mut all = Union::default();
+                for (_, part) in unions.iter().filter(|((s, _), _)| s == slot) {
+                    all.add(part.registers());
+                }
+                all
+            }
         };
-        cell.visitors_estimate = Some(clickflow_dataflows::uniques::estimate(regs));
+        cell.visitors_estimate = Some(union.estimate());
     }
     Ok(())
 }
