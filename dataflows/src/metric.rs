@@ -159,19 +159,19 @@ impl Rollups {
 }
 
 /// What the sink holds of a stored row while it is open: its metrics' totals, and its
-/// sketch's registers in 6 bytes each (a general value would take 24).
+/// sketch's registers in 5 bytes each (a general value would take 24).
 #[derive(Default)]
 pub struct RowState {
     /// Each metric's sum of `value × multiplicity` (see [`Row`]), sorted by metric, none zero.
     numbers: SmallVec<[(Sym, i64); 2]>,
     /// The sketch metric; `NONE` while the row has no sketch.
     sketch: Sym,
-    /// ([index, rank], multiplicity), sorted by index then rank; the index is big-endian
-    /// with its top bit set for sparse registers (see [`register_bytes`]). No inline slot:
+    /// (register, multiplicity), sorted by precision, index, then rank (see
+    /// [`register_bytes`]). No inline slot:
     /// with SmallVec's `union` layout it is the size of a `Vec`. A register's multiplicity
     /// is 1 while it holds a rank and 0 otherwise, -1 or 2 for a moment within a round (its
     /// old rank retracted, its new one added): a byte holds it.
-    registers: SmallVec<[([u8; 5], i8); 0]>,
+    registers: SmallVec<[([u8; 4], i8); 0]>,
 }
 
 impl RowModel<RowKey, Measure> for Rollups {
@@ -222,22 +222,25 @@ impl RowModel<RowKey, Measure> for Rollups {
     }
 }
 
-/// A register in the sink's state: the index big-endian, its top bit telling the sparse
-/// precision from the dense one, then the rank.
-fn register_bytes((precision, index, rank): uniques::Register) -> [u8; 5] {
+/// A register in the sink's state, in 4 bytes: `sparse << 31 | index << 6 | rank`,
+/// big-endian, so entries sort by precision, index, then rank (ranks never exceed 53).
+fn register_bytes((precision, index, rank): uniques::Register) -> [u8; 4] {
     let sparse = (precision as u32 == uniques::SPARSE_PRECISION) as u32;
-    let [a, b, c, d] = (sparse << 31 | index).to_be_bytes();
-    [a, b, c, d, rank]
+    (sparse << 31 | index << 6 | rank as u32).to_be_bytes()
 }
 
-fn register_of_bytes([a, b, c, d, rank]: [u8; 5]) -> uniques::Register {
-    let word = u32::from_be_bytes([a, b, c, d]);
+fn register_of_bytes(bytes: [u8; 4]) -> uniques::Register {
+    let word = u32::from_be_bytes(bytes);
     let precision = if word >> 31 == 1 {
         uniques::SPARSE_PRECISION
     } else {
         uniques::PRECISION
     };
-    (precision as u8, word & 0x7fff_ffff, rank)
+    (
+        precision as u8,
+        (word >> 6) & 0x01ff_ffff,
+        (word & 0x3f) as u8,
+    )
 }
 
 /// A metric row inside the dataflow: [`MetricKey`] with every text interned, so keys are

@@ -185,21 +185,36 @@ const SPARSE_HIGH: u8 = 3;
 /// dense precision (as triples while fewer than a third are set, else every register's rank).
 /// `registers` may repeat an index (merged by max).
 pub fn encode(registers: impl IntoIterator<Item = Register>) -> Vec<u8> {
-    let mut union = Union::default();
-    union.add(registers);
-    let set = union.registers();
-    if union.dense.is_none() {
+    let registers: Vec<Register> = registers.into_iter().filter(|r| valid(*r)).collect();
+    // A sorted vector, not a `Union`: the sink encodes every row it writes.
+    let by_max = |a: &(u32, u8), b: &(u32, u8)| a.0.cmp(&b.0).then(b.1.cmp(&a.1));
+    if registers.iter().all(|r| r.0 as u32 == SPARSE_PRECISION) {
+        let mut set: Vec<(u32, u8)> = registers.iter().map(|(_, i, r)| (*i, *r)).collect();
+        set.sort_unstable_by(by_max);
+        set.dedup_by_key(|(i, _)| *i);
         let mut out = Vec::with_capacity(2 + 4 * set.len());
         out.extend([SPARSE_HIGH, SPARSE_PRECISION as u8]);
-        for (_, i, r) in set {
+        for (i, r) in set {
             out.extend((i << 6 | r as u32).to_be_bytes());
         }
         return out;
     }
+    let mut set: Vec<(u32, u8)> = registers
+        .into_iter()
+        .map(|r| match r.0 as u32 {
+            PRECISION => (r.1, r.2),
+            _ => {
+                let (i, rank) = to_dense(r);
+                (i as u32, rank)
+            }
+        })
+        .collect();
+    set.sort_unstable_by(by_max);
+    set.dedup_by_key(|(i, _)| *i);
     if set.len() * 3 < REGISTERS {
         let mut out = Vec::with_capacity(2 + 3 * set.len());
         out.extend([SPARSE, PRECISION as u8]);
-        for (_, i, r) in set {
+        for (i, r) in set {
             out.extend((i as u16).to_be_bytes());
             out.push(r);
         }
@@ -207,7 +222,7 @@ pub fn encode(registers: impl IntoIterator<Item = Register>) -> Vec<u8> {
     } else {
         let mut out = vec![0u8; 2 + REGISTERS];
         out[..2].copy_from_slice(&[DENSE, PRECISION as u8]);
-        for (_, i, r) in set {
+        for (i, r) in set {
             out[2 + i as usize] = r;
         }
         out
