@@ -1,6 +1,8 @@
 //! Harness for tests against the real servers started by `scripts/test-env.sh`.
 #![allow(dead_code)]
 
+pub mod pipeline_kit;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
